@@ -1,0 +1,93 @@
+//! `fizz net inspect`: the live datapath, from the pinned maps.
+
+use anyhow::{Context as _, Result};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use crate::net::inspect::{self, Snapshot};
+
+use super::PinDir;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pin: PinDir,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let snap = inspect::snapshot(&args.pin.pin_dir)
+        .with_context(|| format!("reading the datapath pinned in {} (is the agent installed?)", args.pin.pin_dir.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&snap)?);
+    } else {
+        print!("{}", render(&snap));
+    }
+    Ok(())
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    t
+}
+
+/// The human view: one table per topic.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    match &s.program {
+        Some(p) => {
+            let cost = p.ns_per_run.map_or("n/a (kernel.bpf_stats_enabled=0)".to_string(), |n| format!("{n:.1} ns/packet"));
+            out += &format!("program {} id {} tag {}: {} runs, {}\n", p.name, p.id, p.tag, p.run_count, cost);
+        }
+        None => out += "program: not loaded\n",
+    }
+    let attached: Vec<String> = s
+        .attached
+        .iter()
+        .map(|l| if l.present { l.ifname.clone() } else { format!("{} (gone)", l.ifname) })
+        .collect();
+    out += &format!("attached to: {}\n\n", if attached.is_empty() { "nothing".into() } else { attached.join(", ") });
+
+    let mut t = table(&["SERVICE", "PACKETS", "BYTES", "BACKEND", "FLOWS", "BACKEND PACKETS"]);
+    for svc in &s.services {
+        if svc.backends.is_empty() {
+            t.add_row(vec![svc.frontend.to_string(), svc.packets.to_string(), svc.bytes.to_string(), "(none: rejects)".into(), String::new(), String::new()]);
+        }
+        for (i, b) in svc.backends.iter().enumerate() {
+            let (name, p, by) = if i == 0 {
+                (svc.frontend.to_string(), svc.packets.to_string(), svc.bytes.to_string())
+            } else {
+                (String::new(), String::new(), String::new())
+            };
+            t.add_row(vec![name, p, by, b.backend.to_string(), b.flows.to_string(), b.packets.to_string()]);
+        }
+    }
+    out += &format!("services ({})\n{t}\n\n", s.services.len());
+
+    let mut t = table(&["ENDPOINT", "INTERFACE", "MAC"]);
+    for e in &s.endpoints {
+        let ifname = e.ifname.clone().unwrap_or_else(|| format!("#{}", e.ifindex));
+        t.add_row(vec![e.addr.to_string(), ifname, e.mac.clone()]);
+    }
+    out += &format!("endpoints ({})\n{t}\n\n", s.endpoints.len());
+
+    let mut t = table(&["PROTO", "CLIENT", "FRONTEND", "BACKEND", "STATE", "IDLE"]);
+    for f in s.conntrack.iter().take(50) {
+        t.add_row(vec![f.proto.clone(), f.client.clone(), f.frontend.clone(), f.backend.clone(), f.state.to_string(), format!("{:.0}s", f.idle_s)]);
+    }
+    let more = s.conntrack.len().saturating_sub(50);
+    out += &format!("conntrack ({} flows{})\n{t}\n\n", s.conntrack.len(), if more > 0 { format!(", first 50 shown; --json for all") } else { String::new() });
+
+    let mut t = table(&["VERDICT", "PACKETS", "BYTES"]);
+    for (k, v) in &s.verdicts {
+        t.add_row(vec![k.to_string(), v.packets.to_string(), v.bytes.to_string()]);
+    }
+    out += &format!("verdicts\n{t}\n\n");
+    let mut t = table(&["DROP REASON", "PACKETS", "BYTES"]);
+    for (k, v) in &s.drops {
+        t.add_row(vec![k.to_string(), v.packets.to_string(), v.bytes.to_string()]);
+    }
+    out += &format!("drops\n{t}\n");
+    out
+}

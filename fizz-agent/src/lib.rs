@@ -1,0 +1,9 @@
+//! Fizz: Docker Compose applications across a cluster of Docker hosts, with
+//! service load-balancing and container routing in eBPF.
+//!
+//! This crate is both the `fizz` command line and the per-host agent. See
+//! `ARCHITECTURE.md` at the repository root for the map of modules and the
+//! rules between them.
+
+pub mod cli;
+pub mod net;

@@ -1,0 +1,168 @@
+//! One typed wrapper per pinned map. They open the maps by name under a
+//! node's pin directory, so the running agent and `fizz net inspect` (even
+//! with the agent stopped) read and write the same kernel objects.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use fizz_common::{
+    map_names, Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey,
+    SvcKey, SvcValue, VipKey, VipValue,
+};
+
+use super::Error;
+
+fn open(dir: &Path, name: &'static str) -> Result<Map, Error> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|source| Error::OpenMap { path: path.clone(), source })?;
+    Map::from_map_data(data).map_err(|source| Error::OpenMap { path, source })
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> Error {
+    move |source| Error::Map { name, source }
+}
+
+/// A hash map with typed keys and values, named for errors.
+pub struct TypedHash<K: aya::Pod, V: aya::Pod> {
+    name: &'static str,
+    map: HashMap<MapData, K, V>,
+}
+
+impl<K: aya::Pod, V: aya::Pod> TypedHash<K, V> {
+    fn open(dir: &Path, name: &'static str) -> Result<Self, Error> {
+        let map = HashMap::try_from(open(dir, name)?).map_err(map_err(name))?;
+        Ok(TypedHash { name, map })
+    }
+
+    /// The value at `key`, if any.
+    pub fn get(&self, key: &K) -> Result<Option<V>, Error> {
+        match self.map.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(self.name)(e)),
+        }
+    }
+
+    /// Inserts or replaces.
+    pub fn set(&mut self, key: &K, value: &V) -> Result<(), Error> {
+        self.map.insert(key, value, 0).map_err(map_err(self.name))
+    }
+
+    /// Deletes; a missing key is not an error.
+    pub fn remove(&mut self, key: &K) -> Result<(), Error> {
+        match self.map.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(self.name)(e)),
+        }
+    }
+
+    /// Every entry. Entries that vanish while iterating are skipped.
+    pub fn entries(&self) -> Result<Vec<(K, V)>, Error> {
+        let mut out = Vec::new();
+        for item in self.map.iter() {
+            match item {
+                Ok(kv) => out.push(kv),
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(self.name)(e)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A per-CPU array of counters.
+pub struct Counters {
+    name: &'static str,
+    map: PerCpuArray<MapData, Counter>,
+}
+
+impl Counters {
+    fn open(dir: &Path, name: &'static str) -> Result<Self, Error> {
+        let map = PerCpuArray::try_from(open(dir, name)?).map_err(map_err(name))?;
+        Ok(Counters { name, map })
+    }
+
+    /// The sum over CPUs of entry `index`.
+    pub fn get(&self, index: u32) -> Result<Counter, Error> {
+        let values = self.map.get(&index, 0).map_err(map_err(self.name))?;
+        let mut sum = Counter::default();
+        for v in values.iter() {
+            sum.add(v);
+        }
+        Ok(sum)
+    }
+
+    /// Sets entry `index` to zero on every CPU (before an id is reused).
+    pub fn reset(&mut self, index: u32) -> Result<(), Error> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Io { what: "counting CPUs".into(), source: e })?;
+        let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|e| Error::Io {
+            what: "building per-CPU values".into(),
+            source: e,
+        })?;
+        self.map.set(index, zeros, 0).map_err(map_err(self.name))
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> u32 {
+        self.map.len()
+    }
+
+    /// Whether the array has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The datapath's configuration array (one entry).
+pub struct ConfigMap {
+    map: Array<MapData, Config>,
+}
+
+impl ConfigMap {
+    fn open(dir: &Path) -> Result<Self, Error> {
+        let map = Array::try_from(open(dir, map_names::CONFIG)?).map_err(map_err(map_names::CONFIG))?;
+        Ok(ConfigMap { map })
+    }
+
+    pub fn get(&self) -> Result<Config, Error> {
+        self.map.get(&0, 0).map_err(map_err(map_names::CONFIG))
+    }
+
+    pub fn set(&mut self, cfg: &Config) -> Result<(), Error> {
+        self.map.set(0, cfg, 0).map_err(map_err(map_names::CONFIG))
+    }
+}
+
+/// All the datapath's maps, opened from a pin directory.
+pub struct Maps {
+    pub dir: PathBuf,
+    pub services: TypedHash<SvcKey, SvcValue>,
+    pub backends: TypedHash<BackendKey, Backend>,
+    pub vips: TypedHash<VipKey, VipValue>,
+    pub conntrack: TypedHash<CtKey, CtValue>,
+    pub endpoints: TypedHash<EndpointKey, Endpoint>,
+    pub svc_stats: Counters,
+    pub backend_stats: Counters,
+    pub drops: Counters,
+    pub verdicts: Counters,
+    pub config: ConfigMap,
+}
+
+impl Maps {
+    /// Opens every map pinned in `dir` (a node's `maps/` pin directory).
+    pub fn open(dir: &Path) -> Result<Maps, Error> {
+        Ok(Maps {
+            dir: dir.to_path_buf(),
+            services: TypedHash::open(dir, map_names::SERVICES)?,
+            backends: TypedHash::open(dir, map_names::BACKENDS)?,
+            vips: TypedHash::open(dir, map_names::VIPS)?,
+            conntrack: TypedHash::open(dir, map_names::CONNTRACK)?,
+            endpoints: TypedHash::open(dir, map_names::ENDPOINTS)?,
+            svc_stats: Counters::open(dir, map_names::SVC_STATS)?,
+            backend_stats: Counters::open(dir, map_names::BACKEND_STATS)?,
+            drops: Counters::open(dir, map_names::DROPS)?,
+            verdicts: Counters::open(dir, map_names::VERDICTS)?,
+            config: ConfigMap::open(dir)?,
+        })
+    }
+}

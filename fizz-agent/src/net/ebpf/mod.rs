@@ -1,0 +1,521 @@
+//! The eBPF datapath: loading and pinning the programs and maps, attaching
+//! `from_container` to container veths, and writing services, backends and
+//! endpoints into the maps. The only module that uses aya.
+//!
+//! Pin layout under a node's pin directory (on bpffs):
+//! - `maps/FZ_*`: every map, pinned by name by the loader;
+//! - `from_container`: the TC program;
+//! - `links/<ifname>.<ifindex>`: one TCX link per attached veth.
+//!
+//! Everything lives in pins, so an agent that exits leaves the datapath
+//! running, and the next one adopts it: same maps, same links; the program
+//! is replaced in place (`bpf_link_update`) only when its code changed.
+
+pub mod maps;
+pub mod test_run;
+
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    programs::{
+        links::{FdLink, LinkOrder, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        SchedClassifier, TcAttachType,
+    },
+    EbpfLoader,
+};
+use fizz_common::{
+    Backend, BackendKey, Config, CtKey, Endpoint, EndpointKey, SvcKey, SvcValue, VipKey, VipValue,
+    PROG_FROM_CONTAINER,
+};
+
+pub use self::maps::Maps;
+use crate::net::{
+    conntrack::{self, Timeouts},
+    service::{self, BackendAddr, Frontend, IdSpace, Installed, Proto, ServiceError, ServiceSpec},
+};
+
+/// The eBPF object, built from `fizz-ebpf` by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fizz.bpf.o"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Errors of the datapath, naming the map, interface or path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pin directory is not on a mounted bpffs.
+    #[error("{0} is not on a bpf filesystem (mount one with `mount -t bpf bpf /sys/fs/bpf`)")]
+    NotBpffs(PathBuf),
+    /// A file system operation failed.
+    #[error("{what}: {source}")]
+    Io { what: String, #[source] source: std::io::Error },
+    /// Loading the eBPF object or its maps failed.
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// The program is missing from the object.
+    #[error("the eBPF object has no program `{0}`")]
+    NoProgram(&'static str),
+    /// Loading, pinning or attaching a program failed.
+    #[error("{what}: {source}")]
+    Program { what: String, #[source] source: aya::programs::ProgramError },
+    /// Creating, pinning or updating a link failed.
+    #[error("{what}: {source}")]
+    Link { what: String, #[source] source: Box<dyn std::error::Error + Send + Sync> },
+    /// A pinned map could not be opened.
+    #[error("opening pinned map {path}: {source}")]
+    OpenMap { path: PathBuf, #[source] source: aya::maps::MapError },
+    /// A map operation failed.
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, #[source] source: aya::maps::MapError },
+    /// No interface of that name in this network namespace.
+    #[error("no interface named {0} in this network namespace")]
+    NoInterface(String),
+    /// The service request is invalid; nothing was written.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// The VIP range is not a valid IPv4 prefix.
+    #[error("VIP range {0}/{1} is not a valid IPv4 prefix")]
+    BadVipRange(Ipv4Addr, u8),
+}
+
+/// What the datapath needs to know at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// The service VIP range: a destination inside it is looked up as a VIP.
+    pub vip_net: Ipv4Addr,
+    pub vip_prefix: u8,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        DatapathConfig { vip_net: Ipv4Addr::new(10, 43, 0, 0), vip_prefix: 16 }
+    }
+}
+
+impl DatapathConfig {
+    fn to_map(self) -> Result<Config, Error> {
+        if self.vip_prefix > 32 {
+            return Err(Error::BadVipRange(self.vip_net, self.vip_prefix));
+        }
+        let mask: u32 = if self.vip_prefix == 0 { 0 } else { u32::MAX << (32 - self.vip_prefix) };
+        let net = u32::from(self.vip_net);
+        if net & !mask != 0 || self.vip_prefix == 0 {
+            return Err(Error::BadVipRange(self.vip_net, self.vip_prefix));
+        }
+        Ok(Config { vip_net_be: net.to_be(), vip_mask_be: mask.to_be() })
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// The conventional bpffs mount point.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Mounts bpffs at `/sys/fs/bpf` when `dir` lies under it and nothing is
+/// mounted there yet, as an agent on a fresh host must.
+fn ensure_bpffs(dir: &Path) -> Result<(), Error> {
+    if !dir.starts_with(BPFFS) || check_bpffs(Path::new(BPFFS)).is_ok() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(BPFFS).map_err(io(format!("creating {BPFFS}")))?;
+    let target = CString::new(BPFFS).expect("no NUL in a constant");
+    let fstype = CString::new("bpf").expect("no NUL in a constant");
+    // SAFETY: all pointers are valid NUL-terminated strings alive for the call.
+    let rc = unsafe {
+        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(io(format!("mounting bpffs at {BPFFS}"))(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Checks that `dir` (or its nearest existing parent) is on bpffs.
+fn check_bpffs(dir: &Path) -> Result<(), Error> {
+    let mut probe = dir;
+    while !probe.exists() {
+        probe = probe.parent().ok_or_else(|| Error::NotBpffs(dir.to_path_buf()))?;
+    }
+    let c = CString::new(probe.as_os_str().as_encoded_bytes()).map_err(|_| Error::NotBpffs(dir.to_path_buf()))?;
+    // SAFETY: `statfs` only writes into the zeroed struct we pass, and `c`
+    // is a valid NUL-terminated path that outlives the call.
+    let magic = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        if libc::statfs(c.as_ptr(), &mut st) != 0 {
+            return Err(io(format!("statfs {}", probe.display()))(std::io::Error::last_os_error()));
+        }
+        st.f_type
+    };
+    if magic != BPF_FS_MAGIC {
+        return Err(Error::NotBpffs(dir.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// The index of interface `name` in the calling thread's network namespace.
+pub fn ifindex(name: &str) -> Result<u32, Error> {
+    let c = CString::new(name).map_err(|_| Error::NoInterface(name.to_string()))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(Error::NoInterface(name.to_string()));
+    }
+    Ok(idx)
+}
+
+/// The name of interface `index` in the calling thread's network namespace.
+pub fn ifname(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has room for IF_NAMESIZE bytes, as the call requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(s.to_string_lossy().into_owned())
+}
+
+/// A node's loaded datapath. Dropping it leaves everything in place (pins).
+pub struct Datapath {
+    pin_dir: PathBuf,
+    prog: SchedClassifier,
+    maps: Maps,
+    ids: IdSpace,
+    installed: BTreeMap<Frontend, Installed>,
+}
+
+impl Datapath {
+    /// Loads the datapath into `pin_dir`, or adopts the one already there.
+    pub fn open(pin_dir: &Path, config: DatapathConfig) -> Result<Datapath, Error> {
+        let cfg = config.to_map()?;
+        ensure_bpffs(pin_dir)?;
+        check_bpffs(pin_dir)?;
+        let maps_dir = pin_dir.join("maps");
+        for d in [pin_dir.to_path_buf(), maps_dir.clone(), pin_dir.join("links")] {
+            std::fs::create_dir_all(&d).map_err(io(format!("creating {}", d.display())))?;
+        }
+        // Maps pinned by name are reused when their pins exist.
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(OBJECT)
+            .map_err(|e| Error::Load(Box::new(e)))?;
+        let prog_pin = pin_dir.join(PROG_FROM_CONTAINER);
+        let fresh: &mut SchedClassifier = ebpf
+            .program_mut(PROG_FROM_CONTAINER)
+            .ok_or(Error::NoProgram(PROG_FROM_CONTAINER))?
+            .try_into()
+            .map_err(|source| Error::Program { what: "program type".into(), source })?;
+        fresh
+            .load()
+            .map_err(|source| Error::Program { what: format!("loading {PROG_FROM_CONTAINER}"), source })?;
+
+        let reuse = match SchedClassifier::from_pin(&prog_pin) {
+            Ok(pinned) if same_code(&pinned, fresh) => true,
+            Ok(_old) => {
+                // New code: move every link to it, then replace the pin.
+                upgrade_links(pin_dir, fresh)?;
+                std::fs::remove_file(&prog_pin).map_err(io(format!("unpinning {}", prog_pin.display())))?;
+                false
+            }
+            Err(_) => false,
+        };
+        if !reuse {
+            pin_program(fresh, &prog_pin)?;
+        }
+        // The pin holds the program now; the loader's copy can go.
+        drop(ebpf);
+        let prog = SchedClassifier::from_pin(&prog_pin)
+            .map_err(|source| Error::Program { what: format!("opening {}", prog_pin.display()), source })?;
+
+        let mut maps = Maps::open(&maps_dir)?;
+        maps.config.set(&cfg)?;
+        let (installed, ids) = read_installed(&maps)?;
+        Ok(Datapath { pin_dir: pin_dir.to_path_buf(), prog, maps, ids, installed })
+    }
+
+    /// The pin directory.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The maps, for reading (inspection, tests).
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    /// The program, for test runs and statistics.
+    pub fn program(&self) -> &SchedClassifier {
+        &self.prog
+    }
+
+    fn link_pin(&self, name: &str, index: u32) -> PathBuf {
+        self.pin_dir.join("links").join(format!("{name}.{index}"))
+    }
+
+    /// Attaches `from_container` at TCX ingress of `ifname` (in the calling
+    /// thread's network namespace). Attaching twice is a no-op.
+    pub fn attach(&mut self, ifname: &str) -> Result<(), Error> {
+        let index = ifindex(ifname)?;
+        let pin = self.link_pin(ifname, index);
+        if pin.exists() {
+            return Ok(());
+        }
+        let id = self
+            .prog
+            .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(|source| Error::Program { what: format!("attaching to {ifname} ingress"), source })?;
+        let link = self
+            .prog
+            .take_link(id)
+            .map_err(|source| Error::Program { what: format!("taking the link on {ifname}"), source })?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| Error::Link { what: format!("link on {ifname}"), source: Box::new(e) })?;
+        fd.pin(&pin)
+            .map_err(|e| Error::Link { what: format!("pinning the link on {ifname}"), source: Box::new(e) })?;
+        Ok(())
+    }
+
+    /// Detaches from `ifname`, if attached.
+    pub fn detach(&mut self, ifname: &str) -> Result<(), Error> {
+        let index = ifindex(ifname)?;
+        let pin = self.link_pin(ifname, index);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(format!("unpinning {}", pin.display()))(e)),
+        }
+    }
+
+    /// The interfaces attached now, as `(name, index)`.
+    pub fn attached(&self) -> Result<Vec<(String, u32)>, Error> {
+        list_links(&self.pin_dir)
+    }
+
+    /// Removes the pins of links whose interface is gone (a deleted veth).
+    /// Returns how many were removed.
+    pub fn gc_links(&mut self) -> Result<usize, Error> {
+        let mut n = 0;
+        for (name, index) in list_links(&self.pin_dir)? {
+            if ifname(index).as_deref() != Some(name.as_str()) {
+                let pin = self.link_pin(&name, index);
+                std::fs::remove_file(&pin).map_err(io(format!("unpinning {}", pin.display())))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Declares a local container: packets for `addr` go straight into it.
+    pub fn set_endpoint(&mut self, addr: Ipv4Addr, ep: Endpoint) -> Result<(), Error> {
+        self.maps.endpoints.set(&EndpointKey { addr_be: u32::from(addr).to_be() }, &ep)
+    }
+
+    /// Forgets a local container.
+    pub fn remove_endpoint(&mut self, addr: Ipv4Addr) -> Result<(), Error> {
+        self.maps.endpoints.remove(&EndpointKey { addr_be: u32::from(addr).to_be() })
+    }
+
+    /// The services installed now.
+    pub fn services(&self) -> Vec<ServiceSpec> {
+        self.installed
+            .iter()
+            .map(|(fe, i)| ServiceSpec { frontend: *fe, backends: i.backends.iter().map(|b| b.0).collect() })
+            .collect()
+    }
+
+    /// Creates or updates a service. A backend that goes away gets no new
+    /// flows, and its conntrack entries are purged. An invalid request
+    /// changes nothing.
+    pub fn set_service(&mut self, spec: &ServiceSpec) -> Result<(), Error> {
+        let fe = spec.frontend;
+        let mut ids = self.ids.clone();
+        let plan = service::plan_service(spec, self.installed.get(&fe), &mut ids)?;
+
+        if plan.new_id {
+            self.maps.svc_stats.reset(plan.id)?;
+        }
+        for bid in &plan.new_backend_ids {
+            self.maps.backend_stats.reset(*bid)?;
+        }
+        for (slot, b, bid) in &plan.slots {
+            self.maps.backends.set(
+                &BackendKey { svc_id: plan.id, slot: *slot },
+                &Backend { addr_be: u32::from(b.addr).to_be(), port_be: b.port.to_be(), _pad: 0, id: *bid },
+            )?;
+        }
+        let key = svc_key(&fe);
+        self.maps.services.set(&key, &SvcValue { id: plan.id, count: plan.slots.len() as u32 })?;
+        if plan.new_id {
+            self.add_vip_port(fe.vip, 1)?;
+        }
+        for slot in plan.stale_slots.clone() {
+            self.maps.backends.remove(&BackendKey { svc_id: plan.id, slot })?;
+        }
+        for (_, bid) in &plan.removed {
+            self.purge_backend(plan.id, *bid)?;
+        }
+        self.ids = ids;
+        self.installed.insert(
+            fe,
+            Installed { id: plan.id, backends: plan.slots.iter().map(|(_, b, id)| (*b, *id)).collect() },
+        );
+        Ok(())
+    }
+
+    /// Deletes a service: its VIP port is rejected from now on if the VIP has
+    /// other ports, and passed to the stack otherwise. Its flows are purged.
+    pub fn remove_service(&mut self, fe: &Frontend) -> Result<(), Error> {
+        let Some(inst) = self.installed.get(fe).cloned() else {
+            return Ok(());
+        };
+        self.maps.services.remove(&svc_key(fe))?;
+        for slot in 0..inst.backends.len() as u32 {
+            self.maps.backends.remove(&BackendKey { svc_id: inst.id, slot })?;
+        }
+        self.add_vip_port(fe.vip, -1)?;
+        for (_, bid) in &inst.backends {
+            self.purge_backend(inst.id, *bid)?;
+        }
+        service::release(&inst, &mut self.ids);
+        self.installed.remove(fe);
+        Ok(())
+    }
+
+    fn add_vip_port(&mut self, vip: Ipv4Addr, delta: i32) -> Result<(), Error> {
+        let key = VipKey { vip_be: u32::from(vip).to_be() };
+        let ports = self.maps.vips.get(&key)?.map_or(0, |v| v.ports) as i64 + i64::from(delta);
+        if ports <= 0 {
+            self.maps.vips.remove(&key)
+        } else {
+            self.maps.vips.set(&key, &VipValue { ports: ports as u32 })
+        }
+    }
+
+    /// Deletes every conntrack entry of flows through one backend.
+    fn purge_backend(&mut self, svc_id: u32, backend_id: u32) -> Result<usize, Error> {
+        let doomed: Vec<CtKey> = self
+            .maps
+            .conntrack
+            .entries()?
+            .into_iter()
+            .filter(|(_, v)| conntrack::uses_backend(v, svc_id, backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &doomed {
+            self.maps.conntrack.remove(k)?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Deletes conntrack entries idle past their timeout; returns how many.
+    pub fn gc_conntrack(&mut self, timeouts: &Timeouts) -> Result<usize, Error> {
+        let entries = self.maps.conntrack.entries()?;
+        let doomed = conntrack::sweep(&entries, monotonic_ns(), timeouts);
+        for k in &doomed {
+            self.maps.conntrack.remove(k)?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Removes every pin of this datapath: links (detaching the program),
+    /// the program and the maps. Established flows are cut.
+    pub fn destroy(self) -> Result<(), Error> {
+        let dir = self.pin_dir.clone();
+        drop(self);
+        std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32).as_nanos() as u64
+}
+
+fn svc_key(fe: &Frontend) -> SvcKey {
+    SvcKey { vip_be: u32::from(fe.vip).to_be(), port_be: fe.port.to_be(), proto: fe.proto.number(), _pad: 0 }
+}
+
+fn same_code(a: &SchedClassifier, b: &SchedClassifier) -> bool {
+    match (a.info(), b.info()) {
+        (Ok(a), Ok(b)) => a.tag() == b.tag(),
+        _ => false,
+    }
+}
+
+fn pin_program(prog: &mut SchedClassifier, path: &Path) -> Result<(), Error> {
+    prog.pin(path)
+        .map_err(|e| Error::Link { what: format!("pinning the program at {}", path.display()), source: Box::new(e) })
+}
+
+/// Points every pinned link at `new` (an upgrade: atomic per interface).
+fn upgrade_links(pin_dir: &Path, new: &mut SchedClassifier) -> Result<(), Error> {
+    for (name, index) in list_links(pin_dir)? {
+        let path = pin_dir.join("links").join(format!("{name}.{index}"));
+        let what = format!("updating the link on {name}");
+        let pinned = PinnedLink::from_pin(&path).map_err(|e| Error::Link { what: what.clone(), source: Box::new(e) })?;
+        let fd: FdLink = pinned.into();
+        let link = SchedClassifierLink::try_from(fd).map_err(|e| Error::Link { what: what.clone(), source: Box::new(e) })?;
+        let id = new.attach_to_link(link).map_err(|source| Error::Program { what: what.clone(), source })?;
+        // The pin keeps the link attached; dropping our handle only closes
+        // a file descriptor.
+        drop(new.take_link(id).map_err(|source| Error::Program { what, source })?);
+    }
+    Ok(())
+}
+
+/// Parses `links/<name>.<index>` entries.
+fn list_links(pin_dir: &Path) -> Result<Vec<(String, u32)>, Error> {
+    let dir = pin_dir.join("links");
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(format!("reading {}", dir.display()))(e)),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(io(format!("reading {}", dir.display())))?;
+        let file = entry.file_name();
+        let Some(s) = file.to_str() else { continue };
+        if let Some((name, idx)) = s.rsplit_once('.') {
+            if let Ok(idx) = idx.parse() {
+                out.push((name.to_string(), idx));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Rebuilds what is installed (and the ids in use) from the maps.
+fn read_installed(maps: &Maps) -> Result<(BTreeMap<Frontend, Installed>, IdSpace), Error> {
+    let mut installed = BTreeMap::new();
+    let mut ids = IdSpace::default();
+    for (k, v) in maps.services.entries()? {
+        let Some(proto) = Proto::from_number(k.proto) else { continue };
+        let fe = Frontend { vip: Ipv4Addr::from(u32::from_be(k.vip_be)), port: u16::from_be(k.port_be), proto };
+        let mut backends = Vec::with_capacity(v.count as usize);
+        for slot in 0..v.count {
+            if let Some(b) = maps.backends.get(&BackendKey { svc_id: v.id, slot })? {
+                backends.push((BackendAddr { addr: Ipv4Addr::from(u32::from_be(b.addr_be)), port: u16::from_be(b.port_be) }, b.id));
+                ids.backend_ids.insert(b.id);
+            }
+        }
+        ids.service_ids.insert(v.id);
+        installed.insert(fe, Installed { id: v.id, backends });
+    }
+    Ok((installed, ids))
+}

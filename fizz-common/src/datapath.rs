@@ -1,0 +1,349 @@
+//! The service-VIP and container datapath: map names, keys, values, verdicts
+//! and drop reasons.
+
+/// Names of the maps in the eBPF object, as pinned under a node's pin
+/// directory. The agent and `fizz net inspect` open them by these names.
+pub mod map_names {
+    /// `SvcKey` → `SvcValue`: one entry per exposed VIP:port/proto.
+    pub const SERVICES: &str = "FZ_SERVICES";
+    /// `BackendKey` → `Backend`: the backend slots of each service.
+    pub const BACKENDS: &str = "FZ_BACKENDS";
+    /// `VipKey` → `VipValue`: every VIP address that is in use, whatever the port.
+    pub const VIPS: &str = "FZ_VIPS";
+    /// `CtKey` → `CtValue`: NAT'd flows, one entry per direction (LRU).
+    pub const CONNTRACK: &str = "FZ_CONNTRACK";
+    /// `EndpointKey` → `Endpoint`: containers attached on this node.
+    pub const ENDPOINTS: &str = "FZ_ENDPOINTS";
+    /// Per-CPU array indexed by service id: `Counter`.
+    pub const SVC_STATS: &str = "FZ_SVC_STATS";
+    /// Per-CPU array indexed by backend id: `Counter`.
+    pub const BACKEND_STATS: &str = "FZ_BE_STATS";
+    /// Per-CPU array indexed by `DropReason`: `Counter`.
+    pub const DROPS: &str = "FZ_DROPS";
+    /// Per-CPU array indexed by `Verdict`: `Counter` of every verdict taken.
+    pub const VERDICTS: &str = "FZ_VERDICTS";
+    /// Per-CPU array indexed by service id: `u32`, the next slot to hand a
+    /// new flow (round robin).
+    pub const RR: &str = "FZ_RR";
+    /// Array with one `Config` at index 0.
+    pub const CONFIG: &str = "FZ_CONFIG";
+}
+
+/// Name of the TC program attached at ingress of the host end of each
+/// container veth ("from the container's point of view": traffic leaving it).
+pub const PROG_FROM_CONTAINER: &str = "from_container";
+
+/// Capacities of the maps. The agent checks its inputs against these before
+/// writing, so a full map is an error at the API, not a silent drop.
+pub const MAX_SERVICES: u32 = 65_536;
+/// Backend slots in all, over all services.
+pub const MAX_BACKENDS: u32 = 262_144;
+/// Backends one service may have; slots are `0..count`.
+pub const MAX_BACKENDS_PER_SERVICE: u32 = 1_024;
+/// Distinct backend ids (index of `BACKEND_STATS`).
+pub const MAX_BACKEND_IDS: u32 = 65_536;
+/// VIP addresses in use.
+pub const MAX_VIPS: u32 = 65_536;
+/// Conntrack entries (each NAT'd flow takes two).
+pub const MAX_CONNTRACK: u32 = 262_144;
+/// Local endpoints (containers) per node.
+pub const MAX_ENDPOINTS: u32 = 4_096;
+
+/// IP protocol numbers the datapath understands.
+pub const IPPROTO_TCP: u8 = 6;
+/// UDP.
+pub const IPPROTO_UDP: u8 = 17;
+
+macro_rules! assert_size {
+    ($t:ty, $n:expr) => {
+        const _: () = assert!(core::mem::size_of::<$t>() == $n);
+    };
+}
+
+/// Key of `FZ_SERVICES`: a VIP, a port and a protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SvcKey {
+    pub vip_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+assert_size!(SvcKey, 8);
+
+/// Value of `FZ_SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SvcValue {
+    /// Index into `FZ_SVC_STATS`, and the first half of `BackendKey`.
+    pub id: u32,
+    /// Number of backend slots in use, `0..=MAX_BACKENDS_PER_SERVICE`.
+    /// Zero means the service exists but has no healthy backend: rejected.
+    pub count: u32,
+}
+assert_size!(SvcValue, 8);
+
+/// Key of `FZ_BACKENDS`: a service id and a slot in `0..count`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct BackendKey {
+    pub svc_id: u32,
+    pub slot: u32,
+}
+assert_size!(BackendKey, 8);
+
+/// Value of `FZ_BACKENDS`: where a flow is sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Backend {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+    /// Index into `FZ_BACKEND_STATS`.
+    pub id: u32,
+}
+assert_size!(Backend, 12);
+
+/// Key of `FZ_VIPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VipKey {
+    pub vip_be: u32,
+}
+assert_size!(VipKey, 4);
+
+/// Value of `FZ_VIPS`: how many service ports use this VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipValue {
+    pub ports: u32,
+}
+assert_size!(VipValue, 4);
+
+/// Key of `FZ_CONNTRACK`: a flow as the hook sees it. A NAT'd flow has two
+/// entries: the client's direction (`dst` = the VIP) and the backend's reply
+/// direction (`src` = the backend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    pub src_be: u32,
+    pub dst_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+assert_size!(CtKey, 16);
+
+/// `CtValue::kind`: the client's direction; rewrite the destination.
+pub const CT_FORWARD: u8 = 1;
+/// `CtValue::kind`: the reply direction; rewrite the source.
+pub const CT_REPLY: u8 = 2;
+
+/// `CtValue::flags`: a FIN was seen in this direction.
+pub const CT_FLAG_FIN: u8 = 1;
+/// `CtValue::flags`: a RST was seen.
+pub const CT_FLAG_RST: u8 = 2;
+/// `CtValue::flags`: a packet was seen in the reply direction.
+pub const CT_FLAG_REPLIED: u8 = 4;
+
+/// Value of `FZ_CONNTRACK`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue {
+    /// The address written into the packet (forward: the backend's, as
+    /// destination; reply: the VIP, as source).
+    pub nat_addr_be: u32,
+    pub nat_port_be: u16,
+    /// `CT_FORWARD` or `CT_REPLY`.
+    pub kind: u8,
+    /// `CT_FLAG_*`, or'ed in by the datapath.
+    pub flags: u8,
+    pub svc_id: u32,
+    pub backend_id: u32,
+    /// `bpf_ktime_get_ns()` when the entry was created.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns()` of the last packet, refreshed at most once a second.
+    pub last_seen_ns: u64,
+}
+assert_size!(CtValue, 32);
+
+/// Key of `FZ_ENDPOINTS`: a container address on this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct EndpointKey {
+    pub addr_be: u32,
+}
+assert_size!(EndpointKey, 4);
+
+/// Value of `FZ_ENDPOINTS`: how to hand a packet to a local container.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Endpoint {
+    /// Index of the host end of the container's veth.
+    pub ifindex: u32,
+    /// MAC of the container's `eth0` (destination of delivered frames).
+    pub mac: [u8; 6],
+    /// MAC of the host end (source of delivered frames).
+    pub node_mac: [u8; 6],
+}
+assert_size!(Endpoint, 16);
+
+/// Packet and byte counter, one per CPU in per-CPU arrays.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+assert_size!(Counter, 16);
+
+impl Counter {
+    /// Adds another counter (used to sum per-CPU values).
+    pub fn add(&mut self, other: &Counter) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+    }
+}
+
+/// Value at index 0 of `FZ_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// The service VIP range; a destination outside it skips service lookup.
+    pub vip_net_be: u32,
+    pub vip_mask_be: u32,
+}
+assert_size!(Config, 8);
+
+/// Why a packet was dropped (or answered with a reject). Index of `FZ_DROPS`.
+pub mod drop_reason {
+    /// TCP or UDP to a VIP port with no backend: answered with RST / ICMP.
+    pub const NO_BACKEND: u32 = 1;
+    /// TCP or UDP to a VIP on a port no service exposes: answered likewise.
+    pub const NO_SERVICE_PORT: u32 = 2;
+    /// A fragment addressed to a VIP (NAT needs the ports of every packet).
+    pub const VIP_FRAGMENT: u32 = 3;
+    /// The TTL would reach zero on forwarding.
+    pub const TTL_EXCEEDED: u32 = 4;
+    /// The IPv4 or transport header is cut short.
+    pub const TRUNCATED: u32 = 5;
+    /// The IPv4 header is malformed (bad version or header length).
+    pub const BAD_IP_HEADER: u32 = 6;
+    /// A reject could not be built (IP options, or a helper failed).
+    pub const REJECT_FAILED: u32 = 7;
+    /// Rewriting the packet failed in a kernel helper.
+    pub const REWRITE_FAILED: u32 = 8;
+    /// The conntrack map refused a new entry.
+    pub const CT_FULL: u32 = 9;
+    /// A service lists a backend slot that is missing (agent mid-update).
+    pub const BACKEND_MISSING: u32 = 10;
+    /// Any other protocol addressed to a VIP (ICMP echo and the like).
+    pub const VIP_PROTO: u32 = 11;
+    /// One past the largest reason; the size of `FZ_DROPS`.
+    pub const MAX: u32 = 12;
+
+    /// A short, stable name for tables and JSON.
+    pub fn name(reason: u32) -> &'static str {
+        match reason {
+            NO_BACKEND => "no-backend",
+            NO_SERVICE_PORT => "no-service-port",
+            VIP_FRAGMENT => "vip-fragment",
+            TTL_EXCEEDED => "ttl-exceeded",
+            TRUNCATED => "truncated",
+            BAD_IP_HEADER => "bad-ip-header",
+            REJECT_FAILED => "reject-failed",
+            REWRITE_FAILED => "rewrite-failed",
+            CT_FULL => "conntrack-full",
+            BACKEND_MISSING => "backend-missing",
+            VIP_PROTO => "vip-protocol",
+            _ => "unknown",
+        }
+    }
+}
+
+/// What the program did with a packet. Index of `FZ_VERDICTS`.
+pub mod verdict {
+    /// Handed to the kernel stack unchanged (not for us).
+    pub const PASS: u32 = 0;
+    /// Redirected to a local container.
+    pub const REDIRECT_LOCAL: u32 = 1;
+    /// NAT'd, then handed to the kernel stack (destination not local).
+    pub const NAT_PASS: u32 = 2;
+    /// Answered with a TCP reset or ICMP unreachable.
+    pub const REJECT: u32 = 3;
+    /// Dropped; see `FZ_DROPS` for the reason.
+    pub const DROP: u32 = 4;
+    /// One past the largest verdict.
+    pub const MAX: u32 = 5;
+
+    /// A short, stable name for tables and JSON.
+    pub fn name(v: u32) -> &'static str {
+        match v {
+            PASS => "pass",
+            REDIRECT_LOCAL => "redirect-local",
+            NAT_PASS => "nat-pass",
+            REJECT => "reject",
+            DROP => "drop",
+            _ => "unknown",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and
+    // byte arrays with explicit padding fields, so every bit pattern is valid
+    // and there are no uninitialised padding bytes.
+    unsafe impl aya::Pod for SvcKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SvcValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BackendKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CtKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CtValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for EndpointKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Endpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Counter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_reasons_have_names() {
+        for r in 1..drop_reason::MAX {
+            assert_ne!(drop_reason::name(r), "unknown", "reason {r}");
+        }
+        assert_eq!(drop_reason::name(drop_reason::MAX), "unknown");
+    }
+
+    #[test]
+    fn verdicts_have_names() {
+        for v in 0..verdict::MAX {
+            assert_ne!(verdict::name(v), "unknown", "verdict {v}");
+        }
+    }
+
+    #[test]
+    fn counters_add() {
+        let mut a = Counter { packets: 1, bytes: 10 };
+        a.add(&Counter { packets: 2, bytes: 5 });
+        assert_eq!(a, Counter { packets: 3, bytes: 15 });
+    }
+}

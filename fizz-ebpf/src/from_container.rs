@@ -1,0 +1,120 @@
+//! `from_container`: TC ingress of the host end of each container veth.
+//!
+//! Order of work for an IPv4 TCP/UDP packet:
+//! 1. conntrack hit → rewrite (forward: destination to the backend; reply:
+//!    source back to the VIP);
+//! 2. otherwise, destination in the VIP range → pick a backend, create both
+//!    conntrack entries, rewrite; or reject when there is nowhere to go;
+//! 3. destination is a container on this node → decrement TTL, set MACs and
+//!    `bpf_redirect_peer` into its namespace; otherwise hand it to the stack.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::generated::bpf_redirect_peer,
+    macros::classifier,
+    programs::TcContext,
+};
+use fizz_common::{drop_reason, verdict, EndpointKey, VipKey, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::{
+    maps::{count, CONFIG, DROPS, ENDPOINTS, VERDICTS, VIPS},
+    nat::{self, Flow},
+    packet::{self, Ipv4, ETH_P_IP, IP_CSUM, IP_OFF, IP_TTL},
+    reject,
+};
+
+#[classifier]
+pub fn from_container(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    match try_from_container(&ctx) {
+        Ok((action, v)) => {
+            count(&VERDICTS, v, len);
+            action
+        }
+        Err(reason) => {
+            count(&DROPS, reason, len);
+            count(&VERDICTS, verdict::DROP, len);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+/// Returns the TC action and the verdict to count, or the drop reason.
+#[inline(always)]
+fn try_from_container(ctx: &TcContext) -> Result<(i32, u32), u32> {
+    let Ok(eth_proto_be) = ctx.load::<u16>(12) else {
+        return Ok((TC_ACT_OK as i32, verdict::PASS));
+    };
+    if u16::from_be(eth_proto_be) != ETH_P_IP {
+        return Ok((TC_ACT_OK as i32, verdict::PASS));
+    }
+    let ip = packet::parse_ipv4(ctx)?;
+    let proto = ip.hdr.proto;
+    let in_vip_range = is_vip_range(ip.hdr.dst_be);
+
+    if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || ip.later_fragment {
+        if in_vip_range && VIPS.get_ptr(VipKey { vip_be: ip.hdr.dst_be }).is_some() {
+            let reason = if ip.is_fragment {
+                drop_reason::VIP_FRAGMENT
+            } else {
+                drop_reason::VIP_PROTO
+            };
+            return Err(reason);
+        }
+        return deliver(ctx, &ip, ip.hdr.dst_be, false);
+    }
+
+    let flow = Flow::parse(ctx, &ip)?;
+    match nat::translate(ctx, &ip, &flow, in_vip_range)? {
+        nat::Outcome::Translated { dst_be } => deliver(ctx, &ip, dst_be, true),
+        nat::Outcome::NotService => deliver(ctx, &ip, ip.hdr.dst_be, false),
+        nat::Outcome::Reject(reason) => {
+            count(&DROPS, reason, ctx.len());
+            reject::reject(ctx, &ip, &flow)
+        }
+    }
+}
+
+/// Whether `addr_be` falls in the configured service VIP range.
+#[inline(always)]
+fn is_vip_range(addr_be: u32) -> bool {
+    match CONFIG.get(0) {
+        Some(cfg) => cfg.vip_mask_be != 0 && addr_be & cfg.vip_mask_be == cfg.vip_net_be,
+        None => false,
+    }
+}
+
+/// Hands the packet to a local container, or to the kernel stack.
+#[inline(always)]
+fn deliver(ctx: &TcContext, ip: &Ipv4, dst_be: u32, translated: bool) -> Result<(i32, u32), u32> {
+    let Some(ep) = ENDPOINTS.get_ptr(EndpointKey { addr_be: dst_be }) else {
+        let v = if translated { verdict::NAT_PASS } else { verdict::PASS };
+        return Ok((TC_ACT_OK as i32, v));
+    };
+    // SAFETY: the pointer comes from a successful map lookup and is only read.
+    let ep = unsafe { *ep };
+
+    // Routed hop: decrement the TTL as a router would.
+    let ttl = ip.hdr.ttl;
+    if ttl <= 1 {
+        return Err(drop_reason::TTL_EXCEEDED);
+    }
+    let old = u16::from_be_bytes([ttl, ip.hdr.proto]);
+    let new = u16::from_be_bytes([ttl - 1, ip.hdr.proto]);
+    packet::store(ctx, IP_OFF + IP_TTL, &(ttl - 1))?;
+    ctx.l3_csum_replace(IP_OFF + IP_CSUM, u64::from(old.to_be()), u64::from(new.to_be()), 2)
+        .map_err(|_| drop_reason::REWRITE_FAILED)?;
+
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&ep.mac);
+    macs[6..].copy_from_slice(&ep.node_mac);
+    packet::store(ctx, 0, &macs)?;
+
+    // SAFETY: a plain helper call; the kernel checks the ifindex.
+    let rc = unsafe { bpf_redirect_peer(ep.ifindex, 0) };
+    if rc == i64::from(TC_ACT_REDIRECT) {
+        Ok((TC_ACT_REDIRECT as i32, verdict::REDIRECT_LOCAL))
+    } else {
+        Err(drop_reason::REWRITE_FAILED)
+    }
+}

@@ -1,0 +1,59 @@
+//! Map definitions. Keys and values are the `#[repr(C)]` types of
+//! `fizz-common`; every map is pinned by name so that an agent restart keeps
+//! state and established flows.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use fizz_common::{
+    Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey, SvcKey,
+    SvcValue, VipKey, VipValue, MAX_BACKENDS, MAX_BACKEND_IDS, MAX_CONNTRACK, MAX_ENDPOINTS,
+    MAX_SERVICES, MAX_VIPS, drop_reason, verdict,
+};
+
+#[map(name = "FZ_SERVICES")]
+pub static SERVICES: HashMap<SvcKey, SvcValue> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map(name = "FZ_BACKENDS")]
+pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
+
+#[map(name = "FZ_VIPS")]
+pub static VIPS: HashMap<VipKey, VipValue> = HashMap::pinned(MAX_VIPS, 0);
+
+#[map(name = "FZ_CONNTRACK")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CONNTRACK, 0);
+
+#[map(name = "FZ_ENDPOINTS")]
+pub static ENDPOINTS: HashMap<EndpointKey, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map(name = "FZ_SVC_STATS")]
+pub static SVC_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_SERVICES, 0);
+
+#[map(name = "FZ_BE_STATS")]
+pub static BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_BACKEND_IDS, 0);
+
+#[map(name = "FZ_DROPS")]
+pub static DROPS: PerCpuArray<Counter> = PerCpuArray::pinned(drop_reason::MAX, 0);
+
+#[map(name = "FZ_VERDICTS")]
+pub static VERDICTS: PerCpuArray<Counter> = PerCpuArray::pinned(verdict::MAX, 0);
+
+#[map(name = "FZ_RR")]
+pub static RR: PerCpuArray<u32> = PerCpuArray::pinned(MAX_SERVICES, 0);
+
+#[map(name = "FZ_CONFIG")]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// Adds one packet of `len` bytes to entry `index` of a per-CPU counter map.
+#[inline(always)]
+pub fn count(map: &PerCpuArray<Counter>, index: u32, len: u32) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: the pointer comes from a successful lookup in a per-CPU
+        // array, so it is valid, aligned, and only this CPU writes it.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += u64::from(len);
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Service load-balancing: conntrack lookup, backend selection and the
+//! header rewrites of DNAT and reverse NAT.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::generated::bpf_ktime_get_ns,
+    programs::TcContext,
+};
+use fizz_common::{
+    drop_reason, BackendKey, CtKey, CtValue, SvcKey, VipKey, CT_FLAG_FIN, CT_FLAG_REPLIED,
+    CT_FLAG_RST, CT_FORWARD, CT_REPLY, IPPROTO_TCP,
+};
+
+use crate::{
+    maps::{count, BACKENDS, BACKEND_STATS, CONNTRACK, RR, SERVICES, SVC_STATS, VIPS},
+    packet::{self, Ipv4, IP_CSUM, IP_DST, IP_OFF, IP_SRC, L4_DPORT, L4_SPORT, TCP_CSUM, UDP_CSUM},
+};
+
+/// How often a conntrack entry's `last_seen_ns` is refreshed at most.
+const REFRESH_NS: u64 = 1_000_000_000;
+
+/// The transport 5-tuple of a packet, plus TCP flags.
+pub struct Flow {
+    pub key: CtKey,
+    pub tcp_flags: u8,
+}
+
+impl Flow {
+    #[inline(always)]
+    pub fn parse(ctx: &TcContext, ip: &Ipv4) -> Result<Flow, u32> {
+        let ports: [u16; 2] = packet::load(ctx, ip.l4_off)?;
+        let tcp_flags = if ip.hdr.proto == IPPROTO_TCP {
+            packet::load::<u8>(ctx, ip.l4_off + 13)?
+        } else {
+            0
+        };
+        Ok(Flow {
+            key: CtKey {
+                src_be: ip.hdr.src_be,
+                dst_be: ip.hdr.dst_be,
+                sport_be: ports[0],
+                dport_be: ports[1],
+                proto: ip.hdr.proto,
+                _pad: [0; 3],
+            },
+            tcp_flags,
+        })
+    }
+}
+
+pub enum Outcome {
+    /// The packet was rewritten; `dst_be` is where it now goes.
+    Translated { dst_be: u32 },
+    /// Not a service flow: leave the packet alone.
+    NotService,
+    /// A VIP with nowhere to go: answer with a reset or ICMP unreachable.
+    Reject(u32),
+}
+
+#[inline(always)]
+pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: bool) -> Result<Outcome, u32> {
+    let len = ctx.len();
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&flow.key) {
+        // SAFETY: the pointer comes from a successful lookup; the value is
+        // plain data and a racing update can at worst lose a flag bit.
+        let ct = unsafe { &mut *ct };
+        touch(ct, flow.tcp_flags);
+        count(&SVC_STATS, ct.svc_id, len);
+        count(&BACKEND_STATS, ct.backend_id, len);
+        return if ct.kind == CT_FORWARD {
+            rewrite(ctx, ip, true, flow.key.dst_be, flow.key.dport_be, ct.nat_addr_be, ct.nat_port_be)?;
+            Ok(Outcome::Translated { dst_be: ct.nat_addr_be })
+        } else if ct.kind == CT_REPLY {
+            rewrite(ctx, ip, false, flow.key.src_be, flow.key.sport_be, ct.nat_addr_be, ct.nat_port_be)?;
+            Ok(Outcome::Translated { dst_be: flow.key.dst_be })
+        } else {
+            Ok(Outcome::NotService)
+        };
+    }
+    if !in_vip_range {
+        return Ok(Outcome::NotService);
+    }
+
+    let svc_key = SvcKey {
+        vip_be: flow.key.dst_be,
+        port_be: flow.key.dport_be,
+        proto: flow.key.proto,
+        _pad: 0,
+    };
+    let Some(svc) = SERVICES.get_ptr(&svc_key) else {
+        if VIPS.get_ptr(VipKey { vip_be: flow.key.dst_be }).is_some() {
+            return Ok(Outcome::Reject(drop_reason::NO_SERVICE_PORT));
+        }
+        return Ok(Outcome::NotService);
+    };
+    // SAFETY: the pointer comes from a successful map lookup and is only read.
+    let svc = unsafe { *svc };
+    if ip.is_fragment {
+        return Err(drop_reason::VIP_FRAGMENT);
+    }
+    if svc.count == 0 {
+        return Ok(Outcome::Reject(drop_reason::NO_BACKEND));
+    }
+    if ip.hdr.ttl <= 1 {
+        return Err(drop_reason::TTL_EXCEEDED);
+    }
+    let slot = next_slot(svc.id, svc.count);
+    let Some(backend) = BACKENDS.get_ptr(BackendKey { svc_id: svc.id, slot }) else {
+        return Err(drop_reason::BACKEND_MISSING);
+    };
+    // SAFETY: as above.
+    let backend = unsafe { *backend };
+
+    // SAFETY: a plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut fwd = CtValue {
+        nat_addr_be: backend.addr_be,
+        nat_port_be: backend.port_be,
+        kind: CT_FORWARD,
+        flags: 0,
+        svc_id: svc.id,
+        backend_id: backend.id,
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    fwd.flags = tcp_ct_flags(flow.tcp_flags);
+    let rev_key = CtKey {
+        src_be: backend.addr_be,
+        dst_be: flow.key.src_be,
+        sport_be: backend.port_be,
+        dport_be: flow.key.sport_be,
+        proto: flow.key.proto,
+        _pad: [0; 3],
+    };
+    let rev = CtValue {
+        nat_addr_be: flow.key.dst_be,
+        nat_port_be: flow.key.dport_be,
+        kind: CT_REPLY,
+        flags: 0,
+        ..fwd
+    };
+    // The reply entry goes in first: a reply can never find a half-made flow.
+    CONNTRACK.insert(&rev_key, &rev, 0).map_err(|_| drop_reason::CT_FULL)?;
+    if CONNTRACK.insert(&flow.key, &fwd, 0).is_err() {
+        let _ = CONNTRACK.remove(&rev_key);
+        return Err(drop_reason::CT_FULL);
+    }
+    count(&SVC_STATS, svc.id, len);
+    count(&BACKEND_STATS, backend.id, len);
+    rewrite(ctx, ip, true, flow.key.dst_be, flow.key.dport_be, backend.addr_be, backend.port_be)?;
+    Ok(Outcome::Translated { dst_be: backend.addr_be })
+}
+
+/// Records TCP teardown flags and refreshes the entry's age.
+#[inline(always)]
+fn touch(ct: &mut CtValue, tcp_flags: u8) {
+    let mut flags = ct.flags | tcp_ct_flags(tcp_flags);
+    if ct.kind == CT_REPLY {
+        flags |= CT_FLAG_REPLIED;
+    }
+    if flags != ct.flags {
+        ct.flags = flags;
+    }
+    // SAFETY: a plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(ct.last_seen_ns) > REFRESH_NS {
+        ct.last_seen_ns = now;
+    }
+}
+
+#[inline(always)]
+fn tcp_ct_flags(tcp_flags: u8) -> u8 {
+    let mut f = 0;
+    if tcp_flags & packet::TCP_FIN != 0 {
+        f |= CT_FLAG_FIN;
+    }
+    if tcp_flags & packet::TCP_RST != 0 {
+        f |= CT_FLAG_RST;
+    }
+    f
+}
+
+/// The slot for a new flow: round robin over the service's backends, with
+/// one cursor per CPU (no contention). Flows then stick to their backend
+/// through conntrack.
+#[inline(always)]
+fn next_slot(svc_id: u32, count: u32) -> u32 {
+    match RR.get_ptr_mut(svc_id) {
+        Some(p) => {
+            // SAFETY: a per-CPU array element from a successful lookup: valid,
+            // aligned, and written only by this CPU.
+            let cur = unsafe { &mut *p };
+            let slot = *cur % count;
+            *cur = slot.wrapping_add(1);
+            slot
+        }
+        None => 0,
+    }
+}
+
+/// Rewrites the destination (`dst == true`) or source address and port from
+/// `old` to `new`, fixing the IP and transport checksums incrementally.
+#[inline(always)]
+fn rewrite(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    dst: bool,
+    old_addr_be: u32,
+    old_port_be: u16,
+    new_addr_be: u32,
+    new_port_be: u16,
+) -> Result<(), u32> {
+    let (addr_off, port_off) = if dst { (IP_DST, L4_DPORT) } else { (IP_SRC, L4_SPORT) };
+    let (csum_off, mangled) = if ip.hdr.proto == IPPROTO_TCP {
+        (ip.l4_off + TCP_CSUM, 0)
+    } else {
+        (ip.l4_off + UDP_CSUM, u64::from(BPF_F_MARK_MANGLED_0))
+    };
+    let fail = |_| drop_reason::REWRITE_FAILED;
+    if old_addr_be != new_addr_be {
+        ctx.l4_csum_replace(
+            csum_off,
+            u64::from(old_addr_be),
+            u64::from(new_addr_be),
+            u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
+        )
+        .map_err(fail)?;
+        ctx.l3_csum_replace(IP_OFF + IP_CSUM, u64::from(old_addr_be), u64::from(new_addr_be), 4)
+            .map_err(fail)?;
+        packet::store(ctx, IP_OFF + addr_off, &new_addr_be)?;
+    }
+    if old_port_be != new_port_be {
+        ctx.l4_csum_replace(csum_off, u64::from(old_port_be), u64::from(new_port_be), mangled | 2)
+            .map_err(fail)?;
+        packet::store(ctx, ip.l4_off + port_off, &new_port_be)?;
+    }
+    Ok(())
+}

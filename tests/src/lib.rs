@@ -1,0 +1,318 @@
+//! The one-machine test rig: nodes and containers as network namespaces,
+//! wired with veths the way the agent wires containers, with guards that
+//! remove everything they made, even when a test fails.
+//!
+//! Names are unique per process and per call (`fz<pid><n>…`), so tests run
+//! in parallel and never collide with each other or with a running cluster.
+
+pub mod packet;
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use fizz::net::{netns, Datapath, DatapathConfig};
+use fizz_common::Endpoint;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call: `fz<pid36><n36><TAG>`, at
+/// most 11 characters, leaving room for a suffix within the 15 of an
+/// interface. Tags are upper case and the digits lower case, so no name is
+/// a prefix of another one (the agent selects veths by prefix).
+pub fn unique(tag: &str) -> String {
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    let pid = std::process::id();
+    format!("fz{}{}{tag}", base36(pid % 46_656), base36(n))
+}
+
+fn base36(mut n: u32) -> String {
+    const D: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut s = Vec::new();
+    loop {
+        s.push(D[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    s.reverse();
+    String::from_utf8(s).expect("ascii")
+}
+
+/// Runs a command, failing with its output when it fails.
+pub fn sh(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("starting {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!("`{}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether the process may do what the privileged tests need.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Skips the calling test (returning early) when not root, saying why.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::privileged() {
+            eprintln!("skipping: needs root (network namespaces, eBPF)");
+            return;
+        }
+    };
+}
+
+/// A network namespace, deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(name: &str) -> Result<NetNs> {
+        sh(&["ip", "netns", "add", name])?;
+        let ns = NetNs { name: name.to_string() };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Path of the namespace file.
+    pub fn path(&self) -> String {
+        netns::named(&self.name)
+    }
+
+    /// `ip -n <ns> …`.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut v = vec!["ip", "-n", &self.name];
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+
+    /// A command run inside the namespace (network only; the mount namespace
+    /// is the caller's, so bpffs and files are shared).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path())).arg("--").arg(program);
+        c
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        Ok(netns::run_in(&self.path(), f)?)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Result<Proc> {
+        let child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("spawning {cmd:?}"))?;
+        Ok(Proc(child))
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(mut self) -> Result<std::process::ExitStatus> {
+        // SAFETY: kill with a valid pid of our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        Ok(self.0.wait()?)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns a thread that lives inside the namespace at `path` (for servers
+/// whose sockets must belong to it). The thread ends when `f` returns.
+pub fn spawn_in<T: Send + 'static>(
+    path: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<T>>> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
+    let path = path.to_string();
+    Ok(std::thread::spawn(move || {
+        // SAFETY: `file` is an open namespace file; setns changes only this
+        // thread, which is dedicated to `f`.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("entering {path}: {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    }))
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+/// Where test pin directories live on bpffs.
+pub fn pin_root() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/fizz-test")
+}
+
+/// A pin directory removed on drop (links, program, maps).
+pub struct PinDir(pub PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The gateway address containers route through; the host end of their veth
+/// answers for it with a permanent neighbour entry.
+pub const GATEWAY: &str = "169.254.1.1";
+
+/// A simulated host: a namespace plus a pin directory for its datapath.
+pub struct Node {
+    /// Also the prefix of the host ends of its containers' veths.
+    pub name: String,
+    pub ns: NetNs,
+    pub pins: PinDir,
+    containers: AtomicU32,
+}
+
+impl Node {
+    pub fn new() -> Result<Node> {
+        let name = unique("N");
+        let ns = NetNs::new(&name)?;
+        ns.ip(&["link", "set", "lo", "up"])?;
+        // Forwarding for what the datapath hands to the stack.
+        ns.run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))??;
+        let pins = PinDir(pin_root().join(&name));
+        Ok(Node { name, ns, pins, containers: AtomicU32::new(0) })
+    }
+
+    /// Loads (or adopts) the datapath pinned for this node.
+    pub fn datapath(&self) -> Result<Datapath> {
+        Ok(Datapath::open(&self.pins.0, DatapathConfig::default())?)
+    }
+
+    /// Attaches the datapath to `ifname` in this node's namespace.
+    pub fn attach(&self, dp: &mut Datapath, ifname: &str) -> Result<()> {
+        self.ns.run(|| dp.attach(ifname))??;
+        Ok(())
+    }
+
+    /// Creates a container namespace with address `addr`, wired to this node
+    /// by a veth whose host end is `<node name><k>`.
+    pub fn container(&self, addr: Ipv4Addr) -> Result<Container> {
+        let k = self.containers.fetch_add(1, Ordering::SeqCst);
+        let ns = NetNs::new(&format!("{}c{k}", self.name))?;
+        let host_if = format!("{}{k}", self.name);
+        let peer_tmp = format!("{}{k}p", self.name);
+        let mac = container_mac(addr);
+        let mac_s = fmt_mac(&mac);
+        sh(&[
+            "ip", "link", "add", &host_if, "netns", &self.ns.name, "type", "veth", "peer", "name", &peer_tmp,
+            "address", &mac_s, "netns", &ns.name,
+        ])?;
+        ns.ip(&["link", "set", &peer_tmp, "name", "eth0"])?;
+        ns.ip(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        self.ns.ip(&["link", "set", &host_if, "up"])?;
+        let node_mac = parse_mac(
+            self.ns
+                .ip(&["-br", "link", "show", &host_if])?
+                .split_whitespace()
+                .nth(2)
+                .context("no MAC in `ip -br link`")?,
+        )?;
+        ns.ip(&["route", "add", GATEWAY, "dev", "eth0", "scope", "link"])?;
+        ns.ip(&["route", "add", "default", "via", GATEWAY, "dev", "eth0"])?;
+        ns.ip(&["neigh", "add", GATEWAY, "lladdr", &fmt_mac(&node_mac), "dev", "eth0", "nud", "permanent"])?;
+        // The stack's path to the container, for traffic the datapath passes.
+        self.ns.ip(&["route", "add", &format!("{addr}/32"), "dev", &host_if])?;
+        let host_ifindex: u32 = self
+            .ns
+            .ip(&["-o", "link", "show", &host_if])?
+            .split(':')
+            .next()
+            .context("no ifindex")?
+            .trim()
+            .parse()?;
+        Ok(Container { ns, addr, host_if, host_ifindex, mac, node_mac })
+    }
+}
+
+/// A container: a namespace with one veth to its node.
+pub struct Container {
+    pub ns: NetNs,
+    pub addr: Ipv4Addr,
+    pub host_if: String,
+    pub host_ifindex: u32,
+    pub mac: [u8; 6],
+    pub node_mac: [u8; 6],
+}
+
+impl Container {
+    /// The datapath's entry for this container.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint { ifindex: self.host_ifindex, mac: self.mac, node_mac: self.node_mac }
+    }
+}
+
+/// A locally administered MAC derived from the container's address.
+pub fn container_mac(addr: Ipv4Addr) -> [u8; 6] {
+    let o = addr.octets();
+    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
+}
+
+pub fn fmt_mac(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let mut m = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        bail!("`{s}` is not a MAC address");
+    }
+    for (i, p) in parts.iter().enumerate() {
+        m[i] = u8::from_str_radix(p, 16).with_context(|| format!("`{s}` is not a MAC address"))?;
+    }
+    Ok(m)
+}
+
+/// The path of the `fizz` binary built next to the running test.
+pub fn fizz_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("no parent")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("fizz");
+    if !bin.is_file() {
+        bail!("{} is missing: build it first (`cargo build -p fizz-agent`)", bin.display());
+    }
+    Ok(bin)
+}

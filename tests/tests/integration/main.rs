@@ -1,0 +1,6 @@
+//! Privileged integration tests: real eBPF programs, network namespaces and
+//! veths. One test binary; every test makes uniquely named objects and
+//! removes them through guards, so tests run in parallel and leave nothing.
+
+mod prog;
+mod vip;

@@ -1,0 +1,253 @@
+//! The datapath program on crafted packets, through `BPF_PROG_TEST_RUN`:
+//! every input yields a defined verdict, and a rewrite only where one is due.
+
+use std::net::Ipv4Addr;
+
+use fizz::net::{
+    ebpf::test_run::{test_run, TestRun},
+    service::{BackendAddr, Frontend, Proto, ServiceSpec},
+    Datapath,
+};
+use fizz_common::{drop_reason, Endpoint};
+use fizz_tests::{
+    packet::{parse, Frame, ICMP, TCP, UDP},
+    pin_root, require_root, unique, PinDir,
+};
+
+const OK: u32 = 0;
+const SHOT: u32 = 2;
+const REDIRECT: u32 = 7;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 43, 0, 10);
+const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 43, 0, 11);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 2);
+const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 5);
+const BACKEND_MAC: [u8; 6] = [0x0a, 0x58, 10, 42, 0, 5];
+const NODE_MAC: [u8; 6] = [0x0a, 0x58, 0xee, 0, 0, 1];
+
+struct Fixture {
+    dp: Datapath,
+    _pins: PinDir,
+}
+
+fn fixture() -> Fixture {
+    let pins = PinDir(pin_root().join(unique("P")));
+    let mut dp = Datapath::open(&pins.0, Default::default()).expect("load datapath");
+    let svc = |vip, port, proto, backends: &[(Ipv4Addr, u16)]| ServiceSpec {
+        frontend: Frontend { vip, port, proto },
+        backends: backends.iter().map(|&(addr, port)| BackendAddr { addr, port }).collect(),
+    };
+    dp.set_service(&svc(VIP, 80, Proto::Tcp, &[(BACKEND, 8080)])).unwrap();
+    dp.set_service(&svc(VIP, 53, Proto::Udp, &[(BACKEND, 5353)])).unwrap();
+    dp.set_service(&svc(EMPTY_VIP, 80, Proto::Tcp, &[])).unwrap();
+    dp.set_endpoint(BACKEND, Endpoint { ifindex: 1, mac: BACKEND_MAC, node_mac: NODE_MAC }).unwrap();
+    Fixture { dp, _pins: pins }
+}
+
+fn run(f: &Fixture, frame: &[u8]) -> TestRun {
+    test_run(f.dp.program(), frame).expect("BPF_PROG_TEST_RUN")
+}
+
+fn drops(f: &Fixture, reason: u32) -> u64 {
+    f.dp.maps().drops.get(reason).unwrap().packets
+}
+
+#[test]
+fn vip_tcp_is_dnatted_to_the_backend_and_replies_are_reverse_natted() {
+    require_root!();
+    let f = fixture();
+    let mut syn = Frame::tcp(CLIENT, 40000, VIP, 80);
+    syn.payload = b"hello".to_vec();
+    let out = run(&f, &syn.build());
+    assert_eq!(out.retval, REDIRECT, "redirected to the local backend");
+    let p = parse(&out.data).expect("IPv4 out");
+    assert_eq!((p.src, p.sport, p.dst, p.dport), (CLIENT, 40000, BACKEND, 8080));
+    assert_eq!(p.ttl, 63, "a routed hop decrements the TTL");
+    assert_eq!(p.dst_mac, BACKEND_MAC);
+    assert_eq!(p.src_mac, NODE_MAC);
+    assert!(p.ip_csum_ok && p.l4_csum_ok, "checksums fixed: {p:?}");
+    assert_eq!(p.payload, b"hello");
+
+    // The backend's reply goes back out as the VIP.
+    let mut reply = Frame::tcp(BACKEND, 8080, CLIENT, 40000);
+    reply.tcp_flags = 0x12;
+    let out = run(&f, &reply.build());
+    assert_eq!(out.retval, OK, "the client is not local here: handed to the stack");
+    let p = parse(&out.data).unwrap();
+    assert_eq!((p.src, p.sport, p.dst, p.dport), (VIP, 80, CLIENT, 40000));
+    assert!(p.ip_csum_ok && p.l4_csum_ok);
+
+    // Later packets of the flow stick to the same backend.
+    let mut ack = Frame::tcp(CLIENT, 40000, VIP, 80);
+    ack.tcp_flags = 0x10;
+    let p = parse(&run(&f, &ack.build()).data).unwrap();
+    assert_eq!((p.dst, p.dport), (BACKEND, 8080));
+
+    let snap = fizz::net::inspect::snapshot(f.dp.pin_dir()).unwrap();
+    let flow = snap.conntrack.iter().find(|c| c.client == "10.42.0.2:40000").expect("flow tracked");
+    assert_eq!(flow.backend, "10.42.0.5:8080");
+    assert_eq!(flow.state, "established");
+    let svc = snap.services.iter().find(|s| s.frontend.port == 80 && s.frontend.vip == VIP).unwrap();
+    assert_eq!(svc.packets, 3, "both directions count for the service");
+}
+
+#[test]
+fn vip_udp_is_dnatted_and_a_zero_checksum_stays_zero() {
+    require_root!();
+    let f = fixture();
+    let frame = Frame::udp(CLIENT, 5000, VIP, 53).build();
+    let p = parse(&run(&f, &frame).data).unwrap();
+    assert_eq!((p.dst, p.dport), (BACKEND, 5353));
+    assert!(p.ip_csum_ok && p.l4_csum_ok);
+
+    let mut zero = Frame::udp(CLIENT, 5001, VIP, 53).build();
+    zero[14 + 20 + 6] = 0;
+    zero[14 + 20 + 7] = 0;
+    let out = run(&f, &zero);
+    assert_eq!(out.data[14 + 20 + 6..14 + 20 + 8], [0, 0], "no checksum means none is invented");
+    assert_eq!(parse(&out.data).unwrap().dport, 5353);
+}
+
+#[test]
+fn ip_options_shift_the_transport_header_and_are_kept() {
+    require_root!();
+    let f = fixture();
+    let mut frame = Frame::tcp(CLIENT, 40001, VIP, 80);
+    frame.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+    let out = run(&f, &frame.build());
+    assert_eq!(out.retval, REDIRECT);
+    let p = parse(&out.data).unwrap();
+    assert_eq!(p.ihl, 24);
+    assert_eq!((p.dst, p.sport, p.dport), (BACKEND, 40001, 8080));
+    assert!(p.ip_csum_ok && p.l4_csum_ok, "{p:?}");
+    assert_eq!(out.data[34..38], [1, 1, 1, 0]);
+}
+
+#[test]
+fn undeclared_port_gets_a_tcp_reset_at_once() {
+    require_root!();
+    let f = fixture();
+    let before = drops(&f, drop_reason::NO_SERVICE_PORT);
+    let mut syn = Frame::tcp(CLIENT, 40002, VIP, 81);
+    syn.seq = 7777;
+    let out = run(&f, &syn.build());
+    assert_eq!(out.retval, REDIRECT, "sent back out of the veth it came in on");
+    let p = parse(&out.data).unwrap();
+    assert_eq!(p.proto, TCP);
+    assert_eq!((p.src, p.sport, p.dst, p.dport), (VIP, 81, CLIENT, 40002));
+    assert_eq!(p.tcp_flags, 0x14, "RST|ACK");
+    assert_eq!(p.ack, 7778, "acknowledges the SYN");
+    assert!(p.ip_csum_ok && p.l4_csum_ok, "{p:?}");
+    assert_eq!(p.dst_mac, syn.src_mac);
+    assert_eq!(drops(&f, drop_reason::NO_SERVICE_PORT), before + 1);
+
+    // An ACK segment gets a bare RST carrying its acknowledgment number.
+    let mut ack = Frame::tcp(CLIENT, 40002, VIP, 81);
+    ack.tcp_flags = 0x10;
+    ack.ack = 4242;
+    let p = parse(&run(&f, &ack.build()).data).unwrap();
+    assert_eq!((p.tcp_flags, p.seq), (0x04, 4242));
+
+    // A reset is never answered.
+    let mut rst = Frame::tcp(CLIENT, 40002, VIP, 81);
+    rst.tcp_flags = 0x04;
+    let out = run(&f, &rst.build());
+    assert_eq!(out.retval, SHOT);
+}
+
+#[test]
+fn service_without_backends_gets_a_reset() {
+    require_root!();
+    let f = fixture();
+    let before = drops(&f, drop_reason::NO_BACKEND);
+    let out = run(&f, &Frame::tcp(CLIENT, 40003, EMPTY_VIP, 80).build());
+    assert_eq!(out.retval, REDIRECT);
+    let p = parse(&out.data).unwrap();
+    assert_eq!(p.tcp_flags & 0x04, 0x04);
+    assert_eq!((p.src, p.dst), (EMPTY_VIP, CLIENT));
+    assert_eq!(drops(&f, drop_reason::NO_BACKEND), before + 1);
+}
+
+#[test]
+fn udp_to_undeclared_port_gets_icmp_port_unreachable() {
+    require_root!();
+    let f = fixture();
+    let mut frame = Frame::udp(CLIENT, 5002, VIP, 54);
+    frame.payload = vec![0xab; 100];
+    let sent = frame.build();
+    let out = run(&f, &sent);
+    assert_eq!(out.retval, REDIRECT);
+    let p = parse(&out.data).unwrap();
+    assert_eq!(p.proto, ICMP);
+    assert_eq!((p.sport, p.dport), (3, 3), "destination unreachable / port unreachable");
+    assert_eq!((p.src, p.dst), (VIP, CLIENT));
+    assert!(p.ip_csum_ok && p.l4_csum_ok, "{p:?}");
+    assert_eq!(p.payload, sent[14..14 + 28], "quotes the IP header and 8 bytes");
+}
+
+/// (what, frame, expected verdict, expected drop reason or 0)
+#[test]
+fn malformed_and_unusual_packets_get_defined_verdicts() {
+    require_root!();
+    let f = fixture();
+    let vip_syn = Frame::tcp(CLIENT, 40010, VIP, 80);
+    let mut arp = vip_syn.build();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    // The kernel refuses to test-run an IPv4 frame shorter than an IP
+    // header, so truncation is tested where the header claims more than
+    // there is: options running past the end of the frame.
+    let truncated_ip = {
+        let mut v = vip_syn.build()[..14 + 20 + 4].to_vec();
+        v[14] = 0x4f;
+        v[16..18].copy_from_slice(&64u16.to_be_bytes());
+        v
+    };
+    let truncated_tcp = {
+        let mut v = vip_syn.build()[..14 + 20 + 2].to_vec();
+        v[16..18].copy_from_slice(&22u16.to_be_bytes());
+        v
+    };
+    let mut bad_version = vip_syn.build();
+    bad_version[14] = 0x65;
+    let mut short_ihl = vip_syn.build();
+    short_ihl[14] = 0x44;
+    let first_fragment = Frame { frag: 0x2000, ..vip_syn.clone() }.build();
+    let later_fragment = Frame { frag: 0x0010, ..vip_syn.clone() }.build();
+    let ttl1 = Frame { ttl: 1, sport: 40011, ..vip_syn.clone() }.build();
+    let icmp_to_vip = {
+        let mut v = vip_syn.build();
+        v[14 + 9] = ICMP;
+        v
+    };
+    let elsewhere = Frame::tcp(CLIENT, 40012, Ipv4Addr::new(192, 0, 2, 1), 80).build();
+    let udp_elsewhere = Frame::udp(CLIENT, 40013, Ipv4Addr::new(10, 42, 9, 9), 53).build();
+
+    let cases: Vec<(&str, Vec<u8>, u32, u32)> = vec![
+        ("non-IP (ARP)", arp, OK, 0),
+        ("IP header length past the end", truncated_ip, SHOT, drop_reason::TRUNCATED),
+        ("truncated TCP header", truncated_tcp, SHOT, drop_reason::TRUNCATED),
+        ("IP version 6 in an IPv4 frame", bad_version, SHOT, drop_reason::BAD_IP_HEADER),
+        ("IHL below 5", short_ihl, SHOT, drop_reason::BAD_IP_HEADER),
+        ("first fragment to a VIP", first_fragment, SHOT, drop_reason::VIP_FRAGMENT),
+        ("later fragment to a VIP", later_fragment, SHOT, drop_reason::VIP_FRAGMENT),
+        ("TTL 1 to a VIP", ttl1, SHOT, drop_reason::TTL_EXCEEDED),
+        ("ICMP to a VIP", icmp_to_vip, SHOT, drop_reason::VIP_PROTO),
+        ("TCP outside the cluster", elsewhere, OK, 0),
+        ("UDP to an unknown container", udp_elsewhere, OK, 0),
+    ];
+    for (what, frame, verdict, reason) in cases {
+        let before = if reason != 0 { drops(&f, reason) } else { 0 };
+        let out = test_run(f.dp.program(), &frame).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(out.retval, verdict, "{what}: verdict");
+        if reason != 0 {
+            assert_eq!(drops(&f, reason), before + 1, "{what}: counted as {}", drop_reason::name(reason));
+        }
+        if verdict == OK {
+            assert_eq!(out.data, frame, "{what}: passed unchanged");
+        }
+    }
+    // The TTL-1 packet created no flow.
+    let snap = fizz::net::inspect::snapshot(f.dp.pin_dir()).unwrap();
+    assert!(snap.conntrack.iter().all(|c| c.client != "10.42.0.2:40011"));
+    let _ = UDP;
+}

@@ -1,0 +1,62 @@
+//! `cargo xtask <task>`: build-ebpf, bench.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context as _, Result};
+use xtask::ebpf;
+
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  build-ebpf          install what the eBPF build needs (rust-src, bpf-linker) when
+                      missing, then build fizz-ebpf for bpfel-unknown-none
+  bench <name> [...]  run a benchmark (as root): vip; arguments after the name go
+                      to the benchmark (--help lists them)";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("build-ebpf") => {
+            ebpf::install_prerequisites()?;
+            let obj = ebpf::build(&ebpf::workspace_root())?;
+            println!("{}", obj.display());
+            Ok(())
+        }
+        Some("bench") => bench(&args[1..]),
+        Some("-h" | "--help" | "help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown task `{other}`\n\n{USAGE}"),
+    }
+}
+
+/// Benchmarks live in the `fizz-tests` crate next to the test rig they share;
+/// this builds them in release mode and runs the one asked for.
+fn bench(args: &[String]) -> Result<()> {
+    if args.is_empty() {
+        bail!("bench needs a name: vip\n\n{USAGE}");
+    }
+    ebpf::install_prerequisites()?;
+    let root = ebpf::workspace_root();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["run", "--release", "--quiet", "-p", "fizz-tests", "--bin", "fizz-bench", "--"])
+        .args(args)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("benchmark failed: {status}");
+    }
+    Ok(())
+}
