@@ -123,19 +123,10 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
         })
     });
 
-    let mut attached = Vec::new();
-    let links = pin_dir.join("links");
-    if let Ok(rd) = std::fs::read_dir(&links) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some((n, i)) = name.rsplit_once('.') {
-                if let Ok(i) = i.parse::<u32>() {
-                    let present = ifname(i).as_deref() == Some(n);
-                    attached.push(LinkView { ifname: n.to_string(), ifindex: i, present });
-                }
-            }
-        }
-    }
+    let mut attached: Vec<LinkView> = ebpf::list_links(pin_dir)?
+        .into_iter()
+        .map(|(name, ifindex)| LinkView { present: ifname(ifindex).as_deref() == Some(name.as_str()), ifname: name, ifindex })
+        .collect();
     attached.sort_by(|a, b| a.ifname.cmp(&b.ifname));
 
     let ct = maps.conntrack.entries()?;

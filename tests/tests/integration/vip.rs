@@ -1,1 +1,247 @@
-fn placeholder() {}
+//! Service VIPs end to end on a simulated node: containers are network
+//! namespaces wired by veth, the datapath is attached to the host ends.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use fizz::net::service::{BackendAddr, Frontend, Proto, ServiceSpec};
+use fizz_tests::{fizz_bin, require_root, spawn_in, wait_for, Container, Node, Proc};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 43, 0, 1);
+
+/// One HTTP/1.0 GET; returns the body.
+fn http_get(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().trim().to_string())
+}
+
+/// Starts busybox httpd on :8080 in `c`, serving `name`.
+fn httpd(c: &Container, name: &str, dir: &std::path::Path) -> Proc {
+    let root = dir.join(name);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("index.html"), name).unwrap();
+    let mut cmd = c.ns.command("busybox");
+    cmd.args(["httpd", "-f", "-p", "8080", "-h"]).arg(&root);
+    Proc::spawn(cmd).unwrap()
+}
+
+fn spec(port: u16, backends: &[&Container], bport: u16) -> ServiceSpec {
+    ServiceSpec {
+        frontend: Frontend { vip: VIP, port, proto: Proto::Tcp },
+        backends: backends.iter().map(|c| BackendAddr { addr: c.addr, port: bport }).collect(),
+    }
+}
+
+fn count_backends(client: &Container, n: usize) -> BTreeMap<String, usize> {
+    client
+        .ns
+        .run(move || {
+            let mut seen = BTreeMap::new();
+            for _ in 0..n {
+                let body = http_get(SocketAddr::from((VIP, 80))).expect("request through the VIP");
+                *seen.entry(body).or_insert(0) += 1;
+            }
+            seen
+        })
+        .unwrap()
+}
+
+#[test]
+fn three_backends_share_requests_and_a_removed_backend_gets_none() {
+    require_root!();
+    let node = Node::new().unwrap();
+    let mut dp = node.datapath().unwrap();
+    let client = node.container(Ipv4Addr::new(10, 42, 0, 2)).unwrap();
+    let backends: Vec<Container> =
+        (11..14).map(|i| node.container(Ipv4Addr::new(10, 42, 0, i)).unwrap()).collect();
+    for c in std::iter::once(&client).chain(&backends) {
+        node.attach(&mut dp, &c.host_if).unwrap();
+        dp.set_endpoint(c.addr, c.endpoint()).unwrap();
+    }
+    let dir = tempdir();
+    let _servers: Vec<Proc> =
+        backends.iter().enumerate().map(|(i, c)| httpd(c, &format!("b{i}"), &dir.0)).collect();
+    for (i, b) in backends.iter().enumerate() {
+        // Container to container by address, through the datapath's redirect.
+        let addr = SocketAddr::from((b.addr, 8080));
+        client
+            .ns
+            .run(|| wait_for("httpd", Duration::from_secs(10), || http_get(addr).is_ok_and(|s| s == format!("b{i}"))))
+            .unwrap()
+            .unwrap();
+    }
+
+    let all: Vec<&Container> = backends.iter().collect();
+    dp.set_service(&spec(80, &all, 8080)).unwrap();
+    let seen = count_backends(&client, 300);
+    assert_eq!(seen.len(), 3, "all three backends answer: {seen:?}");
+    for (b, n) in &seen {
+        assert!((80..=120).contains(n), "{b} got {n} of 300 (want 100 ± 20%): {seen:?}");
+    }
+
+    // Remove b1: it gets no new flows, and its flows are purged.
+    dp.set_service(&spec(80, &[&backends[0], &backends[2]], 8080)).unwrap();
+    let snap = fizz::net::inspect::snapshot(node.pins.0.as_path()).unwrap();
+    let gone = format!("{}:8080", backends[1].addr);
+    assert!(snap.conntrack.iter().all(|f| f.backend != gone), "flows through the removed backend are purged");
+    let seen = count_backends(&client, 90);
+    assert_eq!(seen.get("b1"), None, "the removed backend got requests: {seen:?}");
+    assert_eq!(seen.values().sum::<usize>(), 90);
+
+    let svc = &snap.services[0];
+    assert_eq!(svc.backends.len(), 2);
+    assert!(svc.packets > 0);
+}
+
+#[test]
+fn a_vip_with_nowhere_to_go_fails_at_once() {
+    require_root!();
+    let node = Node::new().unwrap();
+    let mut dp = node.datapath().unwrap();
+    let client = node.container(Ipv4Addr::new(10, 42, 0, 2)).unwrap();
+    node.attach(&mut dp, &client.host_if).unwrap();
+    dp.set_endpoint(client.addr, client.endpoint()).unwrap();
+    dp.set_service(&spec(80, &[], 8080)).unwrap();
+
+    client
+        .ns
+        .run(|| {
+            for port in [80, 81] {
+                let start = Instant::now();
+                let err = TcpStream::connect_timeout(&SocketAddr::from((VIP, port)), Duration::from_secs(5))
+                    .expect_err("nothing listens behind the VIP");
+                assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "port {port}: {err}");
+                assert!(start.elapsed() < Duration::from_secs(2), "refused at once, not a timeout");
+            }
+            // UDP to a port the VIP does not expose: ICMP port unreachable,
+            // which a connected socket reports as refused.
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.connect(SocketAddr::from((VIP, 53))).unwrap();
+            s.send(b"x").unwrap();
+            let mut buf = [0u8; 16];
+            let err = s.recv(&mut buf).expect_err("no answer but the ICMP error");
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        })
+        .unwrap();
+}
+
+#[test]
+fn established_flows_survive_agent_restarts() {
+    require_root!();
+    let node = Node::new().unwrap();
+    let client = node.container(Ipv4Addr::new(10, 42, 0, 2)).unwrap();
+    let backend = node.container(Ipv4Addr::new(10, 42, 0, 3)).unwrap();
+    let fizz = fizz_bin().unwrap();
+    let start_agent = || {
+        let mut cmd = node.ns.command(fizz.to_str().unwrap());
+        cmd.args(["agent", "--veth-prefix", &node.name, "--pin-dir"]).arg(&node.pins.0);
+        Proc::spawn(cmd).unwrap()
+    };
+    let link_pin = |c: &Container| node.pins.0.join("links").join(format!("{}@{}", c.host_if, c.host_ifindex));
+    let agent = start_agent();
+    wait_for("the agent to attach", Duration::from_secs(20), || link_pin(&client).exists() && link_pin(&backend).exists()).unwrap();
+
+    // The test writes services through the same pinned maps.
+    let mut dp = node.datapath().unwrap();
+    dp.set_endpoint(client.addr, client.endpoint()).unwrap();
+    dp.set_endpoint(backend.addr, backend.endpoint()).unwrap();
+    dp.set_service(&spec(9000, &[&backend], 9000)).unwrap();
+    let prog_id = dp.program().info().unwrap().id();
+
+    // An echo server in the backend.
+    let server = spawn_in(&backend.ns.path(), || -> std::io::Result<u64> {
+        let l = std::net::TcpListener::bind("0.0.0.0:9000")?;
+        let (mut s, _) = l.accept()?;
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            s.write_all(&buf[..n])?;
+            total += n as u64;
+        }
+    })
+    .unwrap();
+
+    // A long transfer through the VIP, while agents are stopped and started.
+    let transfer = spawn_in(&client.ns.path(), || -> std::io::Result<u64> {
+        let addr = SocketAddr::from((VIP, 9000));
+        let mut s = wait_connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let start = Instant::now();
+        let mut total = 0u64;
+        let mut i = 0u8;
+        while start.elapsed() < Duration::from_secs(4) {
+            let chunk = [i; 1024];
+            s.write_all(&chunk)?;
+            let mut back = [0u8; 1024];
+            s.read_exact(&mut back)?;
+            assert_eq!(back, chunk, "echo intact");
+            total += 1024;
+            i = i.wrapping_add(1);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(total)
+    })
+    .unwrap();
+
+    std::thread::sleep(Duration::from_millis(800));
+    let status = agent.terminate().unwrap();
+    assert!(status.success(), "the agent exits cleanly on SIGTERM: {status}");
+    let agent = start_agent();
+    std::thread::sleep(Duration::from_millis(800));
+    drop(agent); // SIGKILL
+    let agent = start_agent();
+    std::thread::sleep(Duration::from_millis(800));
+
+    let sent = transfer.join().unwrap().unwrap().expect("the transfer never broke");
+    assert!(sent > 100 * 1024, "only {sent} bytes went through");
+    // No duplicate programs: one TCX program on the veth, the same as before.
+    let progs = node
+        .ns
+        .run(|| aya::programs::SchedClassifier::query_tcx(&client.host_if, aya::programs::TcAttachType::Ingress))
+        .unwrap()
+        .unwrap()
+        .1;
+    assert_eq!(progs.len(), 1, "exactly one program on {}", client.host_if);
+    assert_eq!(progs[0].id(), prog_id, "the program was adopted, not replaced");
+    drop(agent);
+    drop(server);
+}
+
+fn wait_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let start = Instant::now();
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(s) => return Ok(s),
+            Err(e) if start.elapsed() > Duration::from_secs(10) => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> TempDir {
+    let d = std::env::temp_dir().join(fizz_tests::unique("T"));
+    std::fs::create_dir_all(&d).unwrap();
+    TempDir(d)
+}

@@ -5,7 +5,7 @@
 //! Pin layout under a node's pin directory (on bpffs):
 //! - `maps/FZ_*`: every map, pinned by name by the loader;
 //! - `from_container`: the TC program;
-//! - `links/<ifname>.<ifindex>`: one TCX link per attached veth.
+//! - `links/<ifname>@<ifindex>`: one TCX link per attached veth (bpffs allows no dots in names).
 //!
 //! Everything lives in pins, so an agent that exits leaves the datapath
 //! running, and the next one adopts it: same maps, same links; the program
@@ -259,7 +259,7 @@ impl Datapath {
     }
 
     fn link_pin(&self, name: &str, index: u32) -> PathBuf {
-        self.pin_dir.join("links").join(format!("{name}.{index}"))
+        self.pin_dir.join("links").join(format!("{name}@{index}"))
     }
 
     /// Attaches `from_container` at TCX ingress of `ifname` (in the calling
@@ -464,7 +464,7 @@ fn pin_program(prog: &mut SchedClassifier, path: &Path) -> Result<(), Error> {
 /// Points every pinned link at `new` (an upgrade: atomic per interface).
 fn upgrade_links(pin_dir: &Path, new: &mut SchedClassifier) -> Result<(), Error> {
     for (name, index) in list_links(pin_dir)? {
-        let path = pin_dir.join("links").join(format!("{name}.{index}"));
+        let path = pin_dir.join("links").join(format!("{name}@{index}"));
         let what = format!("updating the link on {name}");
         let pinned = PinnedLink::from_pin(&path).map_err(|e| Error::Link { what: what.clone(), source: Box::new(e) })?;
         let fd: FdLink = pinned.into();
@@ -477,8 +477,8 @@ fn upgrade_links(pin_dir: &Path, new: &mut SchedClassifier) -> Result<(), Error>
     Ok(())
 }
 
-/// Parses `links/<name>.<index>` entries.
-fn list_links(pin_dir: &Path) -> Result<Vec<(String, u32)>, Error> {
+/// Parses `links/<name>@<index>` entries: the interfaces with a pinned link.
+pub fn list_links(pin_dir: &Path) -> Result<Vec<(String, u32)>, Error> {
     let dir = pin_dir.join("links");
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
@@ -490,7 +490,7 @@ fn list_links(pin_dir: &Path) -> Result<Vec<(String, u32)>, Error> {
         let entry = entry.map_err(io(format!("reading {}", dir.display())))?;
         let file = entry.file_name();
         let Some(s) = file.to_str() else { continue };
-        if let Some((name, idx)) = s.rsplit_once('.') {
+        if let Some((name, idx)) = s.rsplit_once('@') {
             if let Ok(idx) = idx.parse() {
                 out.push((name.to_string(), idx));
             }
