@@ -2,7 +2,7 @@
 //! library.
 
 mod agent;
-mod net_inspect;
+pub mod net_inspect;
 
 use std::path::PathBuf;
 

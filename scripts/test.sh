@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests (no root needed), eBPF program tests through
+# BPF_PROG_TEST_RUN, and privileged integration tests in network namespaces.
+# Afterwards it checks that the tests left nothing behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+# The integration tests start the `fizz` binary, so it is built first.
+cargo build --workspace --all-targets
+cargo test --workspace 2>&1 | tee target/test.log
+
+leftovers=$( (ip netns list | grep -E '^fz[0-9a-z]+[A-Z]' || true; ls /sys/fs/bpf/fizz-test 2>/dev/null || true) )
+if [ -n "$leftovers" ]; then
+    echo "tests left these behind:" >&2
+    echo "$leftovers" >&2
+    exit 1
+fi
+echo "no leftovers (namespaces, pins)"
