@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The integration tests start the `fizz` binary, so it is built first.
 cargo build --workspace --all-targets
-cargo test --workspace 2>&1 | tee target/test.log
+cargo test --workspace --all-targets 2>&1 | tee target/test.log
 
 leftovers=$( (ip netns list | grep -E '^fz[0-9a-z]+[A-Z]' || true; ls /sys/fs/bpf/fizz-test 2>/dev/null || true) )
 if [ -n "$leftovers" ]; then
@@ -17,3 +17,5 @@ if [ -n "$leftovers" ]; then
     exit 1
 fi
 echo "no leftovers (namespaces, pins)"
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
