@@ -6,4 +6,6 @@
 //! rules between them.
 
 pub mod cli;
+pub mod compose;
+pub mod dns;
 pub mod net;
