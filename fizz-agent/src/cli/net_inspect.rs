@@ -77,7 +77,7 @@ pub fn render(s: &Snapshot) -> String {
         t.add_row(vec![f.proto.clone(), f.client.clone(), f.frontend.clone(), f.backend.clone(), f.state.to_string(), format!("{:.0}s", f.idle_s)]);
     }
     let more = s.conntrack.len().saturating_sub(50);
-    out += &format!("conntrack ({} flows{})\n{t}\n\n", s.conntrack.len(), if more > 0 { format!(", first 50 shown; --json for all") } else { String::new() });
+    out += &format!("conntrack ({} flows{})\n{t}\n\n", s.conntrack.len(), if more > 0 { ", first 50 shown; --json for all" } else { "" });
 
     let mut t = table(&["VERDICT", "PACKETS", "BYTES"]);
     for (k, v) in &s.verdicts {

@@ -1,1 +1,40 @@
-fn main() {}
+//! `fizz-bench <name> [options]`: Fizz's benchmarks, run as root by
+//! `cargo xtask bench <name>`. `fizz-bench <name> --help` lists the options.
+
+#[path = "../bench/mod.rs"]
+mod bench;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Fizz's benchmarks (run as root; everything happens in network namespaces
+/// that the benchmark creates and removes).
+#[derive(Parser)]
+#[command(name = "fizz-bench")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Service VIPs: Fizz vs direct vs iptables DNAT vs a userspace proxy;
+    /// connection rate, request/response, stream, scale to 10,000 services,
+    /// per-packet program cost.
+    Vip(bench::vip::Options),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.bench {
+        Bench::Vip(opts) => bench::vip::run(&opts),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The benchmarks behind `cargo xtask bench`, built on the test rig of
+//! `fizz_tests`: simulated nodes and containers as network namespaces.
+
+pub mod interrupt;
+pub mod load;
+pub mod plot;
+pub mod proxy;
+pub mod report;
+pub mod servers;
+pub mod topology;
+pub mod vip;
