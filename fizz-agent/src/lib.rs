@@ -8,4 +8,5 @@
 pub mod cli;
 pub mod compose;
 pub mod dns;
+pub mod docker;
 pub mod net;

@@ -316,3 +316,68 @@ pub fn fizz_bin() -> Result<PathBuf> {
     }
     Ok(bin)
 }
+
+/// The test image: Debian's static busybox in an otherwise empty root,
+/// imported once (no registry is needed).
+pub const BUSYBOX_IMAGE: &str = "fizz-test/busybox:latest";
+
+/// Imports `BUSYBOX_IMAGE` into the Docker engine when it is missing.
+pub fn ensure_busybox_image() -> Result<()> {
+    let present = Command::new("docker").args(["image", "inspect", BUSYBOX_IMAGE]).output()?.status.success();
+    if present {
+        return Ok(());
+    }
+    let root = std::env::temp_dir().join(unique("R"));
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy("/bin/busybox", bin.join("busybox")).context("copying /bin/busybox (apt-get install busybox-static)")?;
+    for applet in ["sh", "httpd", "wget", "nc", "sleep", "cat", "echo", "ip", "ls", "mkdir", "nslookup", "true", "false", "env", "id", "ps", "kill", "hostname", "cp", "rm", "test"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+    }
+    for d in ["tmp", "etc", "www", "data"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    let tar = Command::new("tar").arg("-C").arg(&root).args(["-c", "."]).stdout(Stdio::piped()).spawn()?;
+    let status = Command::new("docker")
+        .args(["import", "-", BUSYBOX_IMAGE])
+        .stdin(tar.stdout.context("tar stdout")?)
+        .stdout(Stdio::null())
+        .status()?;
+    let _ = std::fs::remove_dir_all(&root);
+    if !status.success() {
+        bail!("docker import of {BUSYBOX_IMAGE} failed");
+    }
+    Ok(())
+}
+
+/// Whether a Docker engine answers.
+pub fn docker_available() -> bool {
+    Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Skips the calling test when there is no Docker engine, saying why.
+#[macro_export]
+macro_rules! require_docker {
+    () => {
+        $crate::require_root!();
+        if !$crate::docker_available() {
+            eprintln!("skipping: no Docker engine (scripts/setup.sh starts one)");
+            return;
+        }
+        $crate::ensure_busybox_image().expect("importing the busybox test image");
+    };
+}
+
+/// Removes every container labelled with `fizz.node=<node>` on drop.
+pub struct DockerNodeGuard(pub String);
+
+impl Drop for DockerNodeGuard {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=fizz.node={}", self.0)]).output() {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).stdout(Stdio::null()).status();
+            }
+        }
+    }
+}

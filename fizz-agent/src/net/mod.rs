@@ -5,6 +5,7 @@ pub mod conntrack;
 pub mod ebpf;
 pub mod inspect;
 pub mod netns;
+pub mod plumb;
 pub mod service;
 
 pub use ebpf::{Datapath, DatapathConfig};
