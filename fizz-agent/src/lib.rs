@@ -5,6 +5,8 @@
 //! `ARCHITECTURE.md` at the repository root for the map of modules and the
 //! rules between them.
 
+pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod compose;
 pub mod dns;

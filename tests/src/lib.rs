@@ -381,3 +381,76 @@ impl Drop for DockerNodeGuard {
         }
     }
 }
+
+/// A `fizz agent` process for a rig node, with its own state directory,
+/// API socket and pins; stopped (SIGKILL) and cleaned up on drop.
+pub struct AgentProc {
+    pub proc: Option<Proc>,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    args: Vec<String>,
+    ns: String,
+}
+
+impl AgentProc {
+    /// Starts an agent in `node`'s namespace, managing containers labelled
+    /// with the node's name, and waits until its API answers.
+    pub fn start(node: &Node, extra: &[&str]) -> Result<AgentProc> {
+        let base = std::env::temp_dir().join(format!("{}-agent", node.name));
+        let socket = base.join("fizz.sock");
+        let state_dir = base.join("state");
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--node".into(),
+            node.name.clone(),
+            "--veth-prefix".into(),
+            node.name.clone(),
+            "--pin-dir".into(),
+            node.pins.0.display().to_string(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--socket".into(),
+            socket.display().to_string(),
+            "--dns-upstream".into(),
+            "127.0.0.1:53".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut a = AgentProc { proc: None, socket, state_dir, args, ns: node.ns.path() };
+        a.restart()?;
+        Ok(a)
+    }
+
+    /// Starts the process again (after `stop` or a crash).
+    pub fn restart(&mut self) -> Result<()> {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.ns)).arg("--").arg(fizz_bin()?).args(&self.args);
+        let _ = std::fs::remove_file(&self.socket);
+        self.proc = Some(Proc::spawn(cmd)?);
+        let sock = self.socket.clone();
+        wait_for("the agent's API socket", Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&sock).is_ok())
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        self.proc.take().context("the agent is not running")?.terminate()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        self.proc.take();
+    }
+
+    /// An API client for this agent.
+    pub fn client(&self) -> fizz::api::client::Client {
+        fizz::api::client::Client::new(&self.socket)
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.proc.take();
+        if let Some(dir) = self.socket.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

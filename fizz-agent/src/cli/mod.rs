@@ -1,17 +1,28 @@
 //! The `fizz` command line: one file per verb, each a thin layer over the
-//! library.
+//! library. Verbs other than `agent` and `net inspect` talk to the agent
+//! through its API socket.
 
 mod agent;
+mod down;
+mod exec;
+mod logs;
 pub mod net_inspect;
+pub mod ps;
+mod scale;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::api::{client::Client, DEFAULT_SOCKET};
+
 /// Fizz: Docker Compose across a cluster of Docker hosts, networked in eBPF.
 #[derive(Debug, Parser)]
 #[command(name = "fizz", version, about)]
 pub struct Cli {
+    /// The agent's API socket.
+    #[arg(long, global = true, env = "FIZZ_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -20,6 +31,16 @@ pub struct Cli {
 enum Command {
     /// Run the per-host agent in the foreground.
     Agent(agent::Args),
+    /// List replicas: service, node, state, health, address, VIP.
+    Ps(ps::Args),
+    /// Remove a project: containers, VIPs, names, and volumes if asked.
+    Down(down::Args),
+    /// Set the number of replicas of services.
+    Scale(scale::Args),
+    /// Show a project's output.
+    Logs(logs::Args),
+    /// Run a command in a replica.
+    Exec(exec::Args),
     /// Look at the node's datapath.
     Net {
         #[command(subcommand)]
@@ -41,11 +62,35 @@ pub struct PinDir {
     pub pin_dir: PathBuf,
 }
 
-/// Parses the command line and runs it.
-pub fn run() -> anyhow::Result<()> {
+/// An error and its causes on one line, each cause once: a message that
+/// already quotes its cause is not followed by it again.
+pub fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.contains(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
+}
+
+/// Parses the command line and runs it; returns the process exit code.
+pub fn run() -> anyhow::Result<i32> {
     let cli = Cli::parse();
+    let client = Client::new(&cli.socket);
+    let rt = || tokio::runtime::Builder::new_current_thread().enable_all().build();
     match cli.command {
-        Command::Agent(args) => agent::run(args),
-        Command::Net { command: NetCommand::Inspect(args) } => net_inspect::run(args),
+        Command::Agent(args) => agent::run(args, cli.socket).map(|()| 0),
+        Command::Net { command: NetCommand::Inspect(args) } => net_inspect::run(args).map(|()| 0),
+        Command::Ps(args) => rt()?.block_on(ps::run(args, &client)).map(|()| 0),
+        Command::Down(args) => rt()?.block_on(down::run(args, &client)).map(|()| 0),
+        Command::Scale(args) => rt()?.block_on(scale::run(args, &client)).map(|()| 0),
+        Command::Logs(args) => rt()?.block_on(logs::run(args, &client)).map(|()| 0),
+        Command::Exec(args) => rt()?.block_on(exec::run(args, &client)),
     }
 }

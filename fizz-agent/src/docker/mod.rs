@@ -54,7 +54,7 @@ pub enum DockerError {
 }
 
 /// The run state of a container.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
     Created,
@@ -67,7 +67,7 @@ pub enum RunState {
 }
 
 /// Docker's health verdict, when the container has a healthcheck.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     Starting,
@@ -229,6 +229,14 @@ impl Docker {
         match self.api.remove_container(id, Some(rm)).await {
             Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
             Err(source) => Err(DockerError::Container { name: id.to_string(), what: "removing", source }),
+        }
+    }
+
+    /// Removes a named volume; a missing one is not an error.
+    pub async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
+        match self.api.remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(source) => Err(DockerError::Container { name: format!("volume {name}"), what: "removing", source }),
         }
     }
 

@@ -24,8 +24,9 @@ use super::netns;
 /// the node's DNS server listens on it.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
-/// Name of the dummy device that holds `GATEWAY` on the node.
-pub const GATEWAY_DEV: &str = "fizz0";
+/// The device that holds `GATEWAY` on the node: loopback, which every
+/// kernel has (a dummy device needs a module that may be missing).
+pub const GATEWAY_DEV: &str = "lo";
 
 /// Errors plumbing a container, naming the interface or namespace.
 #[derive(Debug, thiserror::Error)]
@@ -72,21 +73,28 @@ pub fn container_mac(addr: Ipv4Addr) -> [u8; 6] {
     [0x0a, 0x58, o[0], o[1], o[2], o[3]]
 }
 
-/// Runs `f` with a netlink handle in the calling thread's namespace, on a
-/// runtime of its own (the caller may be inside another runtime's blocking
-/// pool or on a namespace thread).
+/// Runs `f` with a netlink handle in the calling thread's namespace. It runs
+/// on a thread of its own (which inherits that namespace) with a runtime of
+/// its own, so callers may be async tasks, blocking code or namespace threads.
 fn with_handle<T, F, Fut>(f: F) -> Result<T, PlumbError>
 where
-    F: FnOnce(Handle) -> Fut,
+    T: Send,
+    F: FnOnce(Handle) -> Fut + Send,
     Fut: std::future::Future<Output = Result<T, PlumbError>>,
 {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async move {
-        let (conn, handle, _) = rtnetlink::new_connection()?;
-        let task = tokio::spawn(conn);
-        let out = f(handle).await;
-        task.abort();
-        out
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let (conn, handle, _) = rtnetlink::new_connection()?;
+                let task = tokio::spawn(conn);
+                let out = f(handle).await;
+                task.abort();
+                out
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err(PlumbError::Io(std::io::Error::other("the netlink thread panicked"))))
     })
 }
 
@@ -225,21 +233,11 @@ pub fn host_link(host_if: &str) -> Result<Option<(u32, [u8; 6])>, PlumbError> {
     with_handle(|h| async move { Ok(link_by_name(&h, &host_if).await?.map(|l| (l.header.index, mac_of(&l)))) })
 }
 
-/// Makes sure the node holds `GATEWAY` on a dummy device, for the DNS server
-/// and anything else containers reach at their gateway.
+/// Makes sure the node holds `GATEWAY` (on loopback), for the DNS server and
+/// anything else containers reach at their gateway.
 pub fn ensure_gateway() -> Result<(), PlumbError> {
     with_handle(|h| async move {
-        let dev = match link_by_name(&h, GATEWAY_DEV).await? {
-            Some(l) => l,
-            None => {
-                h.link()
-                    .add(rtnetlink::LinkDummy::new(GATEWAY_DEV).build())
-                    .execute()
-                    .await
-                    .map_err(nl("creating", GATEWAY_DEV))?;
-                link_by_name(&h, GATEWAY_DEV).await?.ok_or_else(|| PlumbError::NoLink(GATEWAY_DEV.into()))?
-            }
-        };
+        let dev = link_by_name(&h, GATEWAY_DEV).await?.ok_or_else(|| PlumbError::NoLink(GATEWAY_DEV.into()))?;
         let idx = dev.header.index;
         h.link().set(LinkUnspec::new_with_index(idx).up().build()).execute().await.map_err(nl("setting up", GATEWAY_DEV))?;
         match h.address().add(idx, IpAddr::V4(GATEWAY), 32).execute().await {

@@ -2,6 +2,7 @@
 //! veths. One test binary; every test makes uniquely named objects and
 //! removes them through guards, so tests run in parallel and leave nothing.
 
+mod agent;
 mod docker;
 mod prog;
 mod vip;

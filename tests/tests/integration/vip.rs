@@ -9,7 +9,7 @@ use std::{
 };
 
 use fizz::net::service::{BackendAddr, Frontend, Proto, ServiceSpec};
-use fizz_tests::{fizz_bin, require_root, spawn_in, wait_for, Container, Node, Proc};
+use fizz_tests::{require_root, wait_for, Container, Node, Proc};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 43, 0, 1);
 
@@ -132,103 +132,6 @@ fn a_vip_with_nowhere_to_go_fails_at_once() {
             assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
         })
         .unwrap();
-}
-
-#[test]
-fn established_flows_survive_agent_restarts() {
-    require_root!();
-    let node = Node::new().unwrap();
-    let client = node.container(Ipv4Addr::new(10, 42, 0, 2)).unwrap();
-    let backend = node.container(Ipv4Addr::new(10, 42, 0, 3)).unwrap();
-    let fizz = fizz_bin().unwrap();
-    let start_agent = || {
-        let mut cmd = node.ns.command(fizz.to_str().unwrap());
-        cmd.args(["agent", "--veth-prefix", &node.name, "--pin-dir"]).arg(&node.pins.0);
-        Proc::spawn(cmd).unwrap()
-    };
-    let link_pin = |c: &Container| node.pins.0.join("links").join(format!("{}@{}", c.host_if, c.host_ifindex));
-    let agent = start_agent();
-    wait_for("the agent to attach", Duration::from_secs(20), || link_pin(&client).exists() && link_pin(&backend).exists()).unwrap();
-
-    // The test writes services through the same pinned maps.
-    let mut dp = node.datapath().unwrap();
-    dp.set_endpoint(client.addr, client.endpoint()).unwrap();
-    dp.set_endpoint(backend.addr, backend.endpoint()).unwrap();
-    dp.set_service(&spec(9000, &[&backend], 9000)).unwrap();
-    let prog_id = dp.program().info().unwrap().id();
-
-    // An echo server in the backend.
-    let server = spawn_in(&backend.ns.path(), || -> std::io::Result<u64> {
-        let l = std::net::TcpListener::bind("0.0.0.0:9000")?;
-        let (mut s, _) = l.accept()?;
-        let mut buf = [0u8; 4096];
-        let mut total = 0;
-        loop {
-            let n = s.read(&mut buf)?;
-            if n == 0 {
-                return Ok(total);
-            }
-            s.write_all(&buf[..n])?;
-            total += n as u64;
-        }
-    })
-    .unwrap();
-
-    // A long transfer through the VIP, while agents are stopped and started.
-    let transfer = spawn_in(&client.ns.path(), || -> std::io::Result<u64> {
-        let addr = SocketAddr::from((VIP, 9000));
-        let mut s = wait_connect(addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let start = Instant::now();
-        let mut total = 0u64;
-        let mut i = 0u8;
-        while start.elapsed() < Duration::from_secs(4) {
-            let chunk = [i; 1024];
-            s.write_all(&chunk)?;
-            let mut back = [0u8; 1024];
-            s.read_exact(&mut back)?;
-            assert_eq!(back, chunk, "echo intact");
-            total += 1024;
-            i = i.wrapping_add(1);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(total)
-    })
-    .unwrap();
-
-    std::thread::sleep(Duration::from_millis(800));
-    let status = agent.terminate().unwrap();
-    assert!(status.success(), "the agent exits cleanly on SIGTERM: {status}");
-    let agent = start_agent();
-    std::thread::sleep(Duration::from_millis(800));
-    drop(agent); // SIGKILL
-    let agent = start_agent();
-    std::thread::sleep(Duration::from_millis(800));
-
-    let sent = transfer.join().unwrap().unwrap().expect("the transfer never broke");
-    assert!(sent > 100 * 1024, "only {sent} bytes went through");
-    // No duplicate programs: one TCX program on the veth, the same as before.
-    let progs = node
-        .ns
-        .run(|| aya::programs::SchedClassifier::query_tcx(&client.host_if, aya::programs::TcAttachType::Ingress))
-        .unwrap()
-        .unwrap()
-        .1;
-    assert_eq!(progs.len(), 1, "exactly one program on {}", client.host_if);
-    assert_eq!(progs[0].id(), prog_id, "the program was adopted, not replaced");
-    drop(agent);
-    drop(server);
-}
-
-fn wait_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let start = Instant::now();
-    loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-            Ok(s) => return Ok(s),
-            Err(e) if start.elapsed() > Duration::from_secs(10) => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
 }
 
 /// A temporary directory removed on drop.

@@ -1,0 +1,144 @@
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use super::*;
+use crate::{
+    agent::plan::{Dependency, ServicePort},
+    docker::{ContainerInfo, ContainerSpec, Health, RunState},
+    net::service::Proto,
+};
+
+fn ctx() -> NodeContext<'static> {
+    NodeContext { node: "n1", range: Cidr::new(Ipv4Addr::new(10, 42, 0, 0), 24).unwrap(), dns: Ipv4Addr::new(169, 254, 1, 1) }
+}
+
+fn svc(replicas: u32, deps: &[(&str, Condition)], health: bool) -> ServicePlan {
+    ServicePlan {
+        replicas,
+        template: ContainerSpec { image: "busybox".into(), ..Default::default() },
+        depends_on: deps.iter().map(|(s, c)| Dependency { service: s.to_string(), condition: *c }).collect(),
+        ports: vec![ServicePort { port: 80, target: 8080, proto: Proto::Tcp }],
+        networks: BTreeMap::new(),
+        vip: Some(Ipv4Addr::new(10, 43, 0, replicas as u8)),
+        has_healthcheck: health,
+    }
+}
+
+fn project(services: Vec<(&str, ServicePlan)>) -> BTreeMap<String, ProjectPlan> {
+    let p = ProjectPlan {
+        name: "app".into(),
+        services: services.into_iter().map(|(n, s)| (n.to_string(), s)).collect(),
+        volumes: vec![],
+    };
+    [("app".to_string(), p)].into()
+}
+
+/// A container as the reconciler would have made it.
+fn running(projects: &BTreeMap<String, ProjectPlan>, service: &str, replica: u32, last: u8, health: Option<Health>) -> ContainerInfo {
+    let p = &projects["app"];
+    let spec = replica_spec(&ctx(), "app", service, &p.services[service], replica, Ipv4Addr::new(10, 42, 0, last));
+    ContainerInfo {
+        id: format!("{service}{replica}"),
+        name: spec.name.clone(),
+        labels: spec.labels,
+        state: RunState::Running,
+        health,
+        pid: Some(100),
+        exit_code: None,
+    }
+}
+
+/// Renders a plan as lines, for compact expectations.
+fn render(p: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in &p.actions {
+        out.push(match a {
+            Action::Remove { name, reason, .. } => format!("remove {name} {reason:?}"),
+            Action::Create { spec, addr, .. } => format!("create {} {addr}", spec.name),
+        });
+    }
+    for (id, why) in &p.waiting {
+        out.push(format!("wait {}-{} {why}", id.service, id.replica));
+    }
+    out
+}
+
+fn check(projects: &BTreeMap<String, ProjectPlan>, containers: &[ContainerInfo], expect: &[&str]) {
+    let got = render(&plan(&ctx(), projects, containers));
+    assert_eq!(got, expect, "\n got: {got:#?}\nwant: {expect:#?}");
+}
+
+#[test]
+fn fresh_project_starts_dependencies_first() {
+    let ps = project(vec![("db", svc(1, &[], true)), ("web", svc(2, &[("db", Condition::ServiceHealthy)], false))]);
+    check(&ps, &[], &["create app-db-1 10.42.0.2", "wait web-1 waiting for db to be healthy", "wait web-2 waiting for db to be healthy"]);
+    let db_starting = running(&ps, "db", 1, 2, Some(Health::Starting));
+    check(&ps, &[db_starting], &["wait web-1 waiting for db to be healthy", "wait web-2 waiting for db to be healthy"]);
+    let db_healthy = running(&ps, "db", 1, 2, Some(Health::Healthy));
+    check(&ps, &[db_healthy], &["create app-web-1 10.42.0.3", "create app-web-2 10.42.0.4"]);
+}
+
+#[test]
+fn completed_successfully_needs_exit_zero() {
+    let ps = project(vec![("init", svc(1, &[], false)), ("app", svc(1, &[("init", Condition::ServiceCompletedSuccessfully)], false))]);
+    let mut init = running(&ps, "init", 1, 2, None);
+    check(&ps, &[init.clone()], &["wait app-1 waiting for init to complete successfully"]);
+    init.state = RunState::Exited;
+    init.exit_code = Some(1);
+    check(&ps, &[init.clone()], &["wait app-1 waiting for init to complete successfully"]);
+    init.exit_code = Some(0);
+    check(&ps, &[init], &["create app-app-1 10.42.0.3"]);
+}
+
+#[test]
+fn up_twice_changes_nothing_and_scaling_down_removes_the_highest() {
+    let ps = project(vec![("web", svc(3, &[], false))]);
+    let cs: Vec<_> = (1..=3).map(|r| running(&ps, "web", r, 1 + r as u8, None)).collect();
+    check(&ps, &cs, &[]);
+    let mut ps2 = ps.clone();
+    ps2.get_mut("app").unwrap().services.get_mut("web").unwrap().replicas = 1;
+    check(&ps2, &cs, &["remove app-web-2 ScaledDown", "remove app-web-3 ScaledDown"]);
+}
+
+#[test]
+fn a_changed_service_is_recreated_and_others_are_left_alone() {
+    let ps = project(vec![("web", svc(1, &[], false)), ("db", svc(1, &[], false))]);
+    let cs = vec![running(&ps, "web", 1, 2, None), running(&ps, "db", 1, 3, None)];
+    let mut ps2 = ps.clone();
+    ps2.get_mut("app").unwrap().services.get_mut("web").unwrap().template.env.insert("X".into(), "1".into());
+    check(&ps2, &cs, &["remove app-web-1 Changed", "create app-web-1 10.42.0.2"]);
+}
+
+#[test]
+fn strays_and_duplicates_are_removed() {
+    let ps = project(vec![("web", svc(1, &[], false))]);
+    let mut dup = running(&ps, "web", 1, 5, None);
+    dup.id = "dup".into();
+    dup.name = "app-web-1-dup".into();
+    let mut stray = running(&ps, "web", 1, 6, None);
+    stray.labels.insert(crate::docker::labels::PROJECT.into(), "gone".into());
+    stray.name = "gone-web-1".into();
+    let mut broken = running(&ps, "web", 1, 7, None);
+    broken.labels.remove(crate::docker::labels::SERVICE);
+    broken.name = "broken".into();
+    check(
+        &ps,
+        &[running(&ps, "web", 1, 2, None), dup, stray, broken],
+        &["remove app-web-1-dup Duplicate", "remove gone-web-1 NotDesired", "remove broken Unlabelled"],
+    );
+}
+
+#[test]
+fn only_ready_replicas_back_the_vip() {
+    let ps = project(vec![("web", svc(3, &[], true))]);
+    let mut cs = vec![
+        running(&ps, "web", 1, 2, Some(Health::Healthy)),
+        running(&ps, "web", 2, 3, Some(Health::Unhealthy)),
+        running(&ps, "web", 3, 4, Some(Health::Starting)),
+    ];
+    let table = vip_table(&ps, &cs);
+    assert_eq!(table.len(), 1);
+    let addrs: Vec<String> = table[0].backends.iter().map(|b| b.to_string()).collect();
+    assert_eq!(addrs, vec!["10.42.0.2:8080"]);
+    cs[0].state = RunState::Exited;
+    assert!(vip_table(&ps, &cs)[0].backends.is_empty(), "no ready replica: the VIP rejects");
+}

@@ -1,0 +1,507 @@
+//! The agent's event loop and the effects of its actions.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    hash::{Hash as _, Hasher as _},
+    net::Ipv4Addr,
+    time::Duration,
+};
+
+use futures_util::StreamExt as _;
+use tokio::sync::mpsc;
+
+use super::{
+    assign_vips,
+    plan::ProjectPlan,
+    reconcile::{self, identity, Action, Identity, NodeContext},
+    store::Store,
+    ApiError, Command, Config, Target,
+};
+use crate::{
+    api,
+    docker::{ContainerInfo, Docker, RunState},
+    net::{
+        conntrack::Timeouts,
+        plumb::{self, PlumbRequest},
+        service::Frontend,
+        Datapath, DatapathConfig,
+    },
+};
+
+/// Errors that stop the agent from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The stored desired state cannot be read.
+    #[error(transparent)]
+    Store(#[from] super::store::StoreError),
+    /// The datapath cannot be loaded.
+    #[error("loading the datapath: {0}")]
+    Datapath(#[from] crate::net::ebpf::Error),
+    /// The node's gateway address cannot be set up.
+    #[error("setting up the container gateway: {0}")]
+    Gateway(#[from] plumb::PlumbError),
+    /// The API socket cannot be bound.
+    #[error("binding the API socket {path}: {source}")]
+    Socket { path: String, #[source] source: std::io::Error },
+}
+
+/// Events the loop reacts to, besides API commands.
+enum Event {
+    /// Something happened to one of our containers (or Docker came back).
+    Docker,
+    /// The engine went away.
+    DockerLost(String),
+}
+
+struct Agent {
+    cfg: Config,
+    store: Store,
+    desired: BTreeMap<String, ProjectPlan>,
+    docker: Docker,
+    dp: Datapath,
+    /// The containers as last observed.
+    observed: Vec<ContainerInfo>,
+    /// Why replicas are not running (waiting on a dependency, errors).
+    notes: BTreeMap<Identity, String>,
+    docker_ok: bool,
+}
+
+/// The host end of a container's veth: the prefix and a hash of its name.
+pub fn host_if(prefix: &str, container: &str) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    container.hash(&mut h);
+    let mut name = format!("{prefix}{:08x}", h.finish() as u32);
+    name.truncate(15);
+    name
+}
+
+/// Runs the agent until SIGINT/SIGTERM. The datapath stays pinned after it
+/// exits; containers keep running.
+pub async fn run(cfg: Config) -> Result<(), StartError> {
+    let store = Store::open(&cfg.state_dir)?;
+    let desired = store.load()?;
+    let dp = Datapath::open(&cfg.pin_dir, DatapathConfig { vip_net: cfg.vip_range.net, vip_prefix: cfg.vip_range.len })?;
+    plumb::ensure_gateway()?;
+
+    // Docker may not be up yet: retry with backoff without blocking the API.
+    let docker = connect_docker().await;
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(256);
+    tokio::spawn(watch_docker(docker.clone(), cfg.node.clone(), ev_tx));
+
+    let router = api::server::router(cmd_tx, docker.clone());
+    let socket = cfg.socket.clone();
+    let listener = {
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| StartError::Socket { path: socket.display().to_string(), source })?;
+        }
+        let _ = std::fs::remove_file(&socket);
+        let l = tokio::net::UnixListener::bind(&socket)
+            .map_err(|source| StartError::Socket { path: socket.display().to_string(), source })?;
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
+        l
+    };
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            eprintln!("fizz agent: API server stopped: {e}");
+        }
+    });
+
+    let mut agent = Agent { cfg, store, desired, docker, dp, observed: Vec::new(), notes: BTreeMap::new(), docker_ok: true };
+    eprintln!("fizz agent: node {} ready (api {}, datapath {})", agent.cfg.node, agent.cfg.socket.display(), agent.cfg.pin_dir.display());
+
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut gc = tokio::time::interval(Duration::from_secs(10));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut dirty = true;
+    loop {
+        if dirty {
+            agent.reconcile().await;
+            dirty = false;
+        }
+        tokio::select! {
+            Some(cmd) = cmd_rx.recv() => dirty = agent.command(cmd).await,
+            Some(ev) = ev_rx.recv() => match ev {
+                Event::Docker => { agent.docker_ok = true; dirty = true; }
+                Event::DockerLost(why) => {
+                    if agent.docker_ok {
+                        eprintln!("fizz agent: lost the Docker engine: {why}; retrying");
+                    }
+                    agent.docker_ok = false;
+                }
+            },
+            _ = tick.tick() => dirty = true,
+            _ = gc.tick() => agent.gc(),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&agent.cfg.socket);
+    eprintln!("fizz agent: stopping; containers and the datapath keep running");
+    Ok(())
+}
+
+async fn connect_docker() -> Docker {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match Docker::connect().await {
+            Ok(d) => return d,
+            Err(e) => {
+                eprintln!("fizz agent: {e}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Forwards Docker events for our containers to the loop; reconnects with
+/// backoff when the engine goes away (a restarted engine is re-adopted).
+async fn watch_docker(docker: Docker, node: String, tx: mpsc::Sender<Event>) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let mut events = Box::pin(docker.events(&node));
+        let mut ok = false;
+        if docker.ping().await {
+            ok = true;
+            let _ = tx.send(Event::Docker).await;
+        }
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(_) => {
+                    delay = Duration::from_millis(200);
+                    if tx.send(Event::Docker).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Event::DockerLost(e.to_string())).await;
+                    break;
+                }
+            }
+        }
+        if !ok {
+            let _ = tx.send(Event::DockerLost("the engine does not answer".into())).await;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+impl Agent {
+    fn ctx(&self) -> NodeContext<'_> {
+        NodeContext { node: &self.cfg.node, range: self.cfg.range, dns: plumb::GATEWAY }
+    }
+
+    /// Handles one API command; returns whether state changed.
+    async fn command(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Up { project, reply } => {
+                let r = self.up(*project);
+                let changed = matches!(&r, Ok(u) if u.updated);
+                let _ = reply.send(r);
+                changed
+            }
+            Command::Down { project, volumes, reply } => {
+                let r = self.down(&project, volumes).await;
+                let _ = reply.send(r);
+                true
+            }
+            Command::Scale { project, service, replicas, reply } => {
+                let r = self.scale(&project, &service, replicas);
+                let ok = r.is_ok();
+                let _ = reply.send(r);
+                ok
+            }
+            Command::Ps { project, reply } => {
+                let _ = reply.send(Ok(self.ps(project.as_deref())));
+                false
+            }
+            Command::Find { target, reply } => {
+                let _ = reply.send(self.find(&target));
+                false
+            }
+        }
+    }
+
+    fn persist(&mut self, next: BTreeMap<String, ProjectPlan>) -> Result<(), ApiError> {
+        self.store.save(&next).map_err(|e| ApiError::Failed(format!("saving the desired state: {e}")))?;
+        self.desired = next;
+        Ok(())
+    }
+
+    fn up(&mut self, mut project: ProjectPlan) -> Result<api::UpResponse, ApiError> {
+        let old = self.desired.get(&project.name).cloned();
+        assign_vips(self.cfg.vip_range, &mut project, old.as_ref(), &self.desired)
+            .map_err(|e| ApiError::Invalid(format!("allocating service VIPs: {e}")))?;
+        let changed: Vec<String> = project
+            .services
+            .iter()
+            .filter(|(n, s)| old.as_ref().and_then(|o| o.services.get(*n)).map(|o| o.config_hash()) != Some(s.config_hash()))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let updated = old.as_ref() != Some(&project);
+        let resp = api::UpResponse {
+            project: project.name.clone(),
+            services: project.services.iter().map(|(n, s)| (n.clone(), s.vip)).collect(),
+            changed,
+            updated,
+        };
+        if updated {
+            let mut next = self.desired.clone();
+            next.insert(project.name.clone(), project);
+            self.persist(next)?;
+        }
+        Ok(resp)
+    }
+
+    async fn down(&mut self, project: &str, volumes: bool) -> Result<(), ApiError> {
+        let Some(p) = self.desired.get(project).cloned() else {
+            return Err(ApiError::NotFound(format!("project {project} is not deployed")));
+        };
+        let mut next = self.desired.clone();
+        next.remove(project);
+        self.persist(next)?;
+        // Remove its containers now, so `down` returns when they are gone.
+        self.reconcile().await;
+        if volumes {
+            for v in &p.volumes {
+                if let Err(e) = self.docker.remove_volume(v).await {
+                    return Err(ApiError::Failed(e.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scale(&mut self, project: &str, service: &str, replicas: u32) -> Result<(), ApiError> {
+        let mut next = self.desired.clone();
+        let p = next.get_mut(project).ok_or_else(|| ApiError::NotFound(format!("project {project} is not deployed")))?;
+        let s = p
+            .services
+            .get_mut(service)
+            .ok_or_else(|| ApiError::NotFound(format!("project {project} has no service {service}")))?;
+        s.replicas = replicas;
+        self.persist(next)
+    }
+
+    fn ps(&self, project: Option<&str>) -> api::PsResponse {
+        let mut replicas = Vec::new();
+        let mut seen = BTreeSet::new();
+        for c in &self.observed {
+            let Some((id, addr)) = identity(c) else { continue };
+            if project.is_some_and(|p| p != id.project) {
+                continue;
+            }
+            let vip = self.desired.get(&id.project).and_then(|p| p.services.get(&id.service)).and_then(|s| s.vip);
+            seen.insert(id.clone());
+            replicas.push(api::Replica {
+                name: c.name.clone(),
+                node: self.cfg.node.clone(),
+                state: Some(c.state),
+                health: c.health,
+                addr,
+                vip,
+                container_id: Some(c.id.chars().take(12).collect()),
+                note: self.notes.get(&id).cloned(),
+                project: id.project,
+                service: id.service,
+                replica: id.replica,
+            });
+        }
+        for (pname, p) in &self.desired {
+            if project.is_some_and(|want| want != pname) {
+                continue;
+            }
+            for (sname, s) in &p.services {
+                for r in 1..=s.replicas {
+                    let id = Identity { project: pname.clone(), service: sname.clone(), replica: r };
+                    if seen.contains(&id) {
+                        continue;
+                    }
+                    replicas.push(api::Replica {
+                        name: super::plan::container_name(pname, sname, r),
+                        node: self.cfg.node.clone(),
+                        state: None,
+                        health: None,
+                        addr: None,
+                        vip: s.vip,
+                        container_id: None,
+                        note: self.notes.get(&id).cloned().or_else(|| Some("pending".into())),
+                        project: pname.clone(),
+                        service: sname.clone(),
+                        replica: r,
+                    });
+                }
+            }
+        }
+        replicas.sort_by(|a, b| (&a.project, &a.service, a.replica).cmp(&(&b.project, &b.service, b.replica)));
+        api::PsResponse { replicas, projects: self.desired.keys().cloned().collect() }
+    }
+
+    fn find(&self, t: &Target) -> Result<Vec<ContainerInfo>, ApiError> {
+        let p = self.desired.get(&t.project).ok_or_else(|| ApiError::NotFound(format!("project {} is not deployed", t.project)))?;
+        if let Some(s) = &t.service {
+            if !p.services.contains_key(s) {
+                return Err(ApiError::NotFound(format!("project {} has no service {s}", t.project)));
+            }
+        }
+        Ok(self
+            .observed
+            .iter()
+            .filter(|c| {
+                identity(c).is_some_and(|(id, _)| {
+                    id.project == t.project
+                        && t.service.as_ref().is_none_or(|s| *s == id.service)
+                        && t.replica.is_none_or(|r| r == id.replica)
+                })
+            })
+            .cloned()
+            .collect())
+    }
+
+    /// One pass: observe, plan, act, then bring the datapath in line.
+    async fn reconcile(&mut self) {
+        let containers = match self.docker.list_owned(&self.cfg.node).await {
+            Ok(c) => c,
+            Err(e) => {
+                if self.docker_ok {
+                    eprintln!("fizz agent: {e}");
+                }
+                self.docker_ok = false;
+                return;
+            }
+        };
+        self.docker_ok = true;
+        let plan = reconcile::plan(&self.ctx(), &self.desired, &containers);
+        self.notes.clear();
+        for (id, why) in plan.waiting.iter().chain(&plan.errors) {
+            self.notes.insert(id.clone(), why.clone());
+        }
+        let acted = !plan.actions.is_empty();
+        for action in plan.actions {
+            match action {
+                Action::Remove { id, name, reason } => {
+                    eprintln!("fizz agent: removing {name} ({reason:?})");
+                    let _ = self.dp_remove_container(&name, &containers, &id);
+                    if let Err(e) = self.docker.remove(&id, None).await {
+                        eprintln!("fizz agent: {e}");
+                    }
+                }
+                Action::Create { id, addr, spec } => {
+                    if let Err(e) = self.create(&spec, addr).await {
+                        eprintln!("fizz agent: {e}");
+                        self.notes.insert(id, e);
+                    }
+                }
+            }
+        }
+        let containers = if acted {
+            self.docker.list_owned(&self.cfg.node).await.unwrap_or(containers)
+        } else {
+            containers
+        };
+        self.adopt(&containers);
+        self.sync_datapath(&containers);
+        self.observed = containers;
+    }
+
+    async fn create(&mut self, spec: &crate::docker::ContainerSpec, addr: Ipv4Addr) -> Result<(), String> {
+        self.docker.ensure_image(&spec.image).await.map_err(|e| e.to_string())?;
+        let id = self.docker.create(spec).await.map_err(|e| e.to_string())?;
+        self.docker.start(&id).await.map_err(|e| e.to_string())?;
+        let info = self.docker.inspect(&id).await.map_err(|e| e.to_string())?;
+        match info {
+            Some(ContainerInfo { state: RunState::Running, pid: Some(pid), .. }) => self.wire(&spec.name, pid, addr),
+            // It exited at once (a one-shot task, or a crash): nothing to plumb.
+            _ => Ok(()),
+        }
+    }
+
+    /// Plumbs a running container and hands it to the datapath.
+    fn wire(&mut self, name: &str, pid: u32, addr: Ipv4Addr) -> Result<(), String> {
+        let req = PlumbRequest {
+            pid,
+            host_if: host_if(&self.cfg.veth_prefix, name),
+            addr,
+            mac: plumb::container_mac(addr),
+            mtu: self.cfg.mtu,
+        };
+        let wired = plumb::plumb(&req).map_err(|e| format!("plumbing {name}: {e}"))?;
+        self.dp.attach(&wired.host_if).map_err(|e| format!("attaching to {}: {e}", wired.host_if))?;
+        self.dp
+            .set_endpoint(addr, fizz_common::Endpoint { ifindex: wired.host_ifindex, mac: req.mac, node_mac: wired.node_mac })
+            .map_err(|e| e.to_string())
+    }
+
+    fn dp_remove_container(&mut self, name: &str, containers: &[ContainerInfo], id: &str) -> Result<(), String> {
+        if let Some((_, Some(addr))) = containers.iter().find(|c| c.id == id).and_then(identity) {
+            self.dp.remove_endpoint(addr).map_err(|e| e.to_string())?;
+        }
+        plumb::unplumb(&host_if(&self.cfg.veth_prefix, name)).map_err(|e| e.to_string())
+    }
+
+    /// Running containers whose veth is gone (Docker restarted them, so they
+    /// have a new namespace, or the agent found them after a crash) are
+    /// plumbed again; those with a veth are handed to the datapath as is.
+    fn adopt(&mut self, containers: &[ContainerInfo]) {
+        for c in containers {
+            let (Some((_, Some(addr))), RunState::Running, Some(pid)) = (identity(c), c.state, c.pid) else { continue };
+            let name = host_if(&self.cfg.veth_prefix, &c.name);
+            match plumb::host_link(&name) {
+                Ok(Some((ifindex, node_mac))) => {
+                    let _ = self.dp.attach(&name);
+                    let ep = fizz_common::Endpoint { ifindex, mac: plumb::container_mac(addr), node_mac };
+                    let _ = self.dp.set_endpoint(addr, ep);
+                }
+                Ok(None) => {
+                    if let Err(e) = self.wire(&c.name, pid, addr) {
+                        eprintln!("fizz agent: {e}");
+                    }
+                }
+                Err(e) => eprintln!("fizz agent: {e}"),
+            }
+        }
+    }
+
+    /// Writes the VIP table and removes endpoints of containers that are gone.
+    fn sync_datapath(&mut self, containers: &[ContainerInfo]) {
+        let table = reconcile::vip_table(&self.desired, containers);
+        let wanted: BTreeSet<Frontend> = table.iter().map(|s| s.frontend).collect();
+        for spec in &table {
+            if let Err(e) = self.dp.set_service(spec) {
+                eprintln!("fizz agent: service {}: {e}", spec.frontend);
+            }
+        }
+        for spec in self.dp.services() {
+            if !wanted.contains(&spec.frontend) {
+                if let Err(e) = self.dp.remove_service(&spec.frontend) {
+                    eprintln!("fizz agent: service {}: {e}", spec.frontend);
+                }
+            }
+        }
+        let live: BTreeSet<Ipv4Addr> = containers
+            .iter()
+            .filter(|c| c.state == RunState::Running)
+            .filter_map(|c| identity(c).and_then(|(_, a)| a))
+            .collect();
+        if let Ok(eps) = self.dp.maps().endpoints.entries() {
+            for (k, _) in eps {
+                let a = Ipv4Addr::from(u32::from_be(k.addr_be));
+                if self.cfg.range.contains(a) && !live.contains(&a) {
+                    let _ = self.dp.remove_endpoint(a);
+                }
+            }
+        }
+    }
+
+    fn gc(&mut self) {
+        if let Err(e) = self.dp.gc_links() {
+            eprintln!("fizz agent: {e}");
+        }
+        if let Err(e) = self.dp.gc_conntrack(&Timeouts::default()) {
+            eprintln!("fizz agent: {e}");
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The agent's API: HTTP/JSON on a unix socket. `server` runs in the agent
+//! and turns requests into commands for its loop; `client` is what the CLI
+//! uses. The types here are the wire format.
+
+pub mod client;
+pub mod server;
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    agent::plan::ProjectPlan,
+    docker::{Health, RunState},
+};
+
+/// Where the agent listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/fizz/fizz.sock";
+
+/// `POST /v1/up`: deploy or update a project.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UpRequest {
+    pub project: ProjectPlan,
+}
+
+/// The answer to `up`: what was accepted.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpResponse {
+    pub project: String,
+    /// Each service and its VIP.
+    pub services: Vec<(String, Option<Ipv4Addr>)>,
+    /// Services whose definition changed (their replicas are recreated).
+    pub changed: Vec<String>,
+    /// Whether anything changed at all.
+    pub updated: bool,
+}
+
+/// `POST /v1/down`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DownRequest {
+    pub project: String,
+    /// Also remove the project's named volumes.
+    pub volumes: bool,
+}
+
+/// `POST /v1/scale`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub project: String,
+    pub service: String,
+    pub replicas: u32,
+}
+
+/// One replica in `GET /v1/ps`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Replica {
+    pub project: String,
+    pub service: String,
+    pub replica: u32,
+    pub name: String,
+    pub node: String,
+    /// `None` while the replica is not created yet.
+    pub state: Option<RunState>,
+    pub health: Option<Health>,
+    pub addr: Option<Ipv4Addr>,
+    pub vip: Option<Ipv4Addr>,
+    pub container_id: Option<String>,
+    /// Why the replica is not running yet, or what went wrong.
+    pub note: Option<String>,
+}
+
+/// `GET /v1/ps` answer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PsResponse {
+    pub replicas: Vec<Replica>,
+    /// Projects deployed (even with no replica running).
+    pub projects: Vec<String>,
+}
+
+/// `POST /v1/exec`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub project: String,
+    pub service: String,
+    pub replica: u32,
+    pub cmd: Vec<String>,
+}
+
+/// The answer to `exec`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExecResponse {
+    pub exit_code: i64,
+    pub output: String,
+}
+
+/// The body of every error answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,116 @@
+//! The agent's side of the API: an axum router on a unix socket. Handlers
+//! never touch state: they send a `Command` to the agent's loop and wait for
+//! its answer. Logs and exec read from Docker directly once the loop has
+//! named the containers (they change nothing Fizz owns).
+
+use std::{collections::BTreeMap, path::Path};
+
+use axum::{
+    body::Body,
+    extract::{Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use futures_util::StreamExt as _;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{DownRequest, ErrorBody, ExecRequest, ExecResponse, PsResponse, ScaleRequest, UpRequest, UpResponse};
+use crate::{
+    agent::{ApiError, Command, Target},
+    docker::Docker,
+};
+
+#[derive(Clone)]
+struct Ctx {
+    tx: mpsc::Sender<Command>,
+    docker: Docker,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(ErrorBody { error: self.to_string() })).into_response()
+    }
+}
+
+async fn ask<T>(ctx: &Ctx, make: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> Command) -> Result<T, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    ctx.tx.send(make(tx)).await.map_err(|_| ApiError::Unavailable("the agent is shutting down".into()))?;
+    rx.await.map_err(|_| ApiError::Unavailable("the agent dropped the request".into()))?
+}
+
+async fn up(State(ctx): State<Ctx>, Json(req): Json<UpRequest>) -> Result<Json<UpResponse>, ApiError> {
+    ask(&ctx, |reply| Command::Up { project: Box::new(req.project), reply }).await.map(Json)
+}
+
+async fn down(State(ctx): State<Ctx>, Json(req): Json<DownRequest>) -> Result<Json<()>, ApiError> {
+    ask(&ctx, |reply| Command::Down { project: req.project, volumes: req.volumes, reply }).await.map(Json)
+}
+
+async fn scale(State(ctx): State<Ctx>, Json(req): Json<ScaleRequest>) -> Result<Json<()>, ApiError> {
+    ask(&ctx, |reply| Command::Scale { project: req.project, service: req.service, replicas: req.replicas, reply })
+        .await
+        .map(Json)
+}
+
+async fn ps(State(ctx): State<Ctx>, Query(q): Query<BTreeMap<String, String>>) -> Result<Json<PsResponse>, ApiError> {
+    ask(&ctx, |reply| Command::Ps { project: q.get("project").cloned(), reply }).await.map(Json)
+}
+
+async fn exec(State(ctx): State<Ctx>, Json(req): Json<ExecRequest>) -> Result<Json<ExecResponse>, ApiError> {
+    let target = Target { project: req.project.clone(), service: Some(req.service.clone()), replica: Some(req.replica) };
+    let found = ask(&ctx, |reply| Command::Find { target, reply }).await?;
+    let c = found.first().ok_or_else(|| ApiError::NotFound(format!("{}-{}-{} is not running on this node", req.project, req.service, req.replica)))?;
+    let (exit_code, output) = ctx.docker.exec(&c.id, &req.cmd).await.map_err(|e| ApiError::Failed(e.to_string()))?;
+    Ok(Json(ExecResponse { exit_code, output }))
+}
+
+async fn logs(State(ctx): State<Ctx>, Query(q): Query<BTreeMap<String, String>>) -> Result<Response, ApiError> {
+    let project = q.get("project").cloned().ok_or_else(|| ApiError::Invalid("logs needs ?project=".into()))?;
+    let follow = q.get("follow").is_some_and(|v| v == "true");
+    let tail = q.get("tail").and_then(|t| t.parse().ok());
+    let target = Target { project, service: q.get("service").cloned(), replica: None };
+    let found = ask(&ctx, |reply| Command::Find { target, reply }).await?;
+    let width = found.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let streams = found.into_iter().map(|c| {
+        let prefix = format!("{:width$} | ", c.name);
+        ctx.docker.logs(&c.id, follow, tail).map(move |chunk| match chunk {
+            Ok(text) => Ok::<_, std::io::Error>(text.lines().map(|l| format!("{prefix}{l}\n")).collect::<String>()),
+            Err(e) => Ok(format!("{prefix}(logs ended: {e})\n")),
+        })
+    });
+    let merged = futures_util::stream::select_all(streams);
+    Ok(Response::new(Body::from_stream(merged)))
+}
+
+/// The router, for a loop reached through `tx`.
+pub fn router(tx: mpsc::Sender<Command>, docker: Docker) -> Router {
+    Router::new()
+        .route("/v1/up", post(up))
+        .route("/v1/down", post(down))
+        .route("/v1/scale", post(scale))
+        .route("/v1/ps", get(ps))
+        .route("/v1/exec", post(exec))
+        .route("/v1/logs", get(logs))
+        .with_state(Ctx { tx, docker })
+}
+
+/// Serves the API on a unix socket (replacing a stale socket file) until the
+/// task is dropped. Only root may connect (mode 0600).
+pub async fn serve(socket: &Path, router: Router) -> std::io::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    axum::serve(listener, router).await
+}

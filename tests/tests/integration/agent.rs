@@ -1,0 +1,143 @@
+//! The agent end to end on a simulated node: a project deployed through its
+//! API runs as Docker containers plumbed by the agent behind a VIP; the
+//! agent can be stopped and killed under traffic without cutting flows or
+//! recreating anything; `down` leaves nothing behind.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use fizz::{
+    agent::plan::{ProjectPlan, ServicePlan, ServicePort},
+    api::{DownRequest, PsResponse, UpRequest, UpResponse},
+    docker::{ContainerSpec, RunState},
+    net::service::Proto,
+};
+use fizz_tests::{require_docker, spawn_in, wait_for, AgentProc, DockerNodeGuard, Node, BUSYBOX_IMAGE};
+use hyper::Method;
+
+fn echo_project(name: &str, replicas: u32) -> ProjectPlan {
+    let svc = ServicePlan {
+        replicas,
+        template: ContainerSpec {
+            image: BUSYBOX_IMAGE.into(),
+            command: Some(vec!["nc".into(), "-ll".into(), "-p".into(), "9000".into(), "-e".into(), "cat".into()]),
+            stop_grace_period: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+        ports: vec![ServicePort { port: 9000, target: 9000, proto: Proto::Tcp }],
+        ..Default::default()
+    };
+    ProjectPlan { name: name.into(), services: [("echo".to_string(), svc)].into(), volumes: vec![] }
+}
+
+fn ps(rt: &tokio::runtime::Runtime, agent: &AgentProc) -> PsResponse {
+    rt.block_on(agent.client().call::<(), _>(Method::GET, "/v1/ps", None)).unwrap()
+}
+
+fn wait_running(rt: &tokio::runtime::Runtime, agent: &AgentProc, n: usize) -> PsResponse {
+    let mut last = PsResponse::default();
+    wait_for("replicas to run", Duration::from_secs(60), || {
+        last = ps(rt, agent);
+        last.replicas.iter().filter(|r| r.state == Some(RunState::Running)).count() == n
+    })
+    .unwrap_or_else(|e| panic!("{e}: {last:#?}"));
+    last
+}
+
+#[test]
+fn deploys_survives_agent_restarts_under_traffic_and_downs_cleanly() {
+    require_docker!();
+    let node = Node::new().unwrap();
+    let _containers = DockerNodeGuard(node.name.clone());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut agent = AgentProc::start(&node, &[]).unwrap();
+    let project = format!("{}p", node.name.to_lowercase());
+
+    let up: UpResponse = rt
+        .block_on(agent.client().call(Method::POST, "/v1/up", Some(&UpRequest { project: echo_project(&project, 2) })))
+        .unwrap();
+    let vip = up.services[0].1.expect("a VIP was allocated");
+    let before = wait_running(&rt, &agent, 2);
+    let ids: Vec<_> = before.replicas.iter().map(|r| r.container_id.clone()).collect();
+
+    // A client outside the agent's range, wired by the rig.
+    let mut dp = node.datapath().unwrap();
+    let client = node.container(Ipv4Addr::new(10, 42, 9, 2)).unwrap();
+    node.attach(&mut dp, &client.host_if).unwrap();
+    let prog_id = dp.program().info().unwrap().id();
+
+    let transfer = spawn_in(&client.ns.path(), move || -> std::io::Result<u64> {
+        let addr = SocketAddr::from((vip, 9000));
+        let start = Instant::now();
+        let mut s = loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() > Duration::from_secs(20) => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let start = Instant::now();
+        let mut total = 0u64;
+        let mut i = 0u8;
+        while start.elapsed() < Duration::from_secs(6) {
+            let chunk = [i; 512];
+            s.write_all(&chunk)?;
+            let mut back = [0u8; 512];
+            s.read_exact(&mut back)?;
+            assert_eq!(back, chunk, "echo intact");
+            total += 512;
+            i = i.wrapping_add(1);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(total)
+    })
+    .unwrap();
+
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = agent.stop().unwrap();
+    assert!(status.success(), "SIGTERM ends the agent cleanly: {status}");
+    agent.restart().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    agent.kill();
+    agent.restart().unwrap();
+    let sent = transfer.join().unwrap().unwrap().expect("the transfer through the VIP never broke");
+    assert!(sent > 50 * 1024, "only {sent} bytes went through");
+
+    let after = wait_running(&rt, &agent, 2);
+    let ids_after: Vec<_> = after.replicas.iter().map(|r| r.container_id.clone()).collect();
+    assert_eq!(ids, ids_after, "the restarted agent adopted the containers, recreating nothing");
+    let backend_if = fizz::agent::host_if_name(&node.name, &after.replicas[0].name);
+    let progs = node
+        .ns
+        .run(|| aya::programs::SchedClassifier::query_tcx(&backend_if, aya::programs::TcAttachType::Ingress))
+        .unwrap()
+        .unwrap()
+        .1;
+    assert_eq!(progs.len(), 1, "one program on {backend_if}");
+    assert_eq!(progs[0].id(), prog_id, "the program was adopted, not replaced");
+
+    // `up` again with the same project changes nothing.
+    let again: UpResponse = rt
+        .block_on(agent.client().call(Method::POST, "/v1/up", Some(&UpRequest { project: echo_project(&project, 2) })))
+        .unwrap();
+    assert!(!again.updated && again.changed.is_empty());
+
+    // `down` removes containers, veths, VIP and endpoints.
+    rt.block_on(agent.client().call::<_, ()>(Method::POST, "/v1/down", Some(&DownRequest { project: project.clone(), volumes: true })))
+        .unwrap();
+    let gone = ps(&rt, &agent);
+    assert!(gone.replicas.is_empty() && gone.projects.is_empty(), "{gone:#?}");
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=fizz.node={}", node.name)])
+        .output()
+        .unwrap();
+    assert!(out.stdout.is_empty(), "no container left");
+    assert!(node.ns.run(|| fizz::net::plumb::host_link(&backend_if)).unwrap().unwrap().is_none(), "veth removed");
+    let snap = node.ns.run(|| fizz::net::inspect::snapshot(&node.pins.0)).unwrap().unwrap();
+    assert!(snap.services.is_empty(), "VIP removed: {:?}", snap.services);
+    assert!(snap.endpoints.is_empty(), "endpoints removed: {:?}", snap.endpoints);
+}
