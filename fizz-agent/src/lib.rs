@@ -9,6 +9,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod compose;
+pub mod dev;
 pub mod dns;
 pub mod docker;
 pub mod net;

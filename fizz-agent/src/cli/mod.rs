@@ -3,6 +3,7 @@
 //! through its API socket.
 
 mod agent;
+mod dev;
 mod down;
 mod exec;
 mod logs;
@@ -41,6 +42,11 @@ enum Command {
     Logs(logs::Args),
     /// Run a command in a replica.
     Exec(exec::Args),
+    /// A local cluster on this machine (network namespaces), to try Fizz.
+    Dev {
+        #[command(subcommand)]
+        command: dev::Args,
+    },
     /// Look at the node's datapath.
     Net {
         #[command(subcommand)]
@@ -87,6 +93,7 @@ pub fn run() -> anyhow::Result<i32> {
     match cli.command {
         Command::Agent(args) => agent::run(args, cli.socket).map(|()| 0),
         Command::Net { command: NetCommand::Inspect(args) } => net_inspect::run(args).map(|()| 0),
+        Command::Dev { command } => dev::run(command).map(|()| 0),
         Command::Ps(args) => rt()?.block_on(ps::run(args, &client)).map(|()| 0),
         Command::Down(args) => rt()?.block_on(down::run(args, &client)).map(|()| 0),
         Command::Scale(args) => rt()?.block_on(scale::run(args, &client)).map(|()| 0),
