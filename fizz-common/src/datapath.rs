@@ -1,6 +1,10 @@
 //! The service-VIP and container datapath: map names, keys, values, verdicts
 //! and drop reasons.
 
+/// Version of the map layout. Maps are pinned under `maps-v<ABI_VERSION>/`,
+/// so a datapath whose keys or values changed never reads old pins as new.
+pub const ABI_VERSION: u32 = 2;
+
 /// Names of the maps in the eBPF object, as pinned under a node's pin
 /// directory. The agent and `fizz net inspect` open them by these names.
 pub mod map_names {
@@ -80,8 +84,11 @@ pub struct SvcValue {
     /// Number of backend slots in use, `0..=MAX_BACKENDS_PER_SERVICE`.
     /// Zero means the service exists but has no healthy backend: rejected.
     pub count: u32,
+    /// The networks the service is on (one bit each); a local client on
+    /// none of them may not open flows to it. Zero: no restriction.
+    pub net_mask: u64,
 }
-assert_size!(SvcValue, 8);
+assert_size!(SvcValue, 16);
 
 /// Key of `FZ_BACKENDS`: a service id and a slot in `0..count`.
 #[repr(C)]
@@ -186,8 +193,11 @@ pub struct Endpoint {
     pub mac: [u8; 6],
     /// MAC of the host end (source of delivered frames).
     pub node_mac: [u8; 6],
+    /// The networks the container is on (one bit each). Two local
+    /// containers talk only if they share one. Zero: no restriction.
+    pub net_mask: u64,
 }
-assert_size!(Endpoint, 16);
+assert_size!(Endpoint, 24);
 
 /// Packet and byte counter, one per CPU in per-CPU arrays.
 #[repr(C)]
@@ -240,8 +250,10 @@ pub mod drop_reason {
     pub const BACKEND_MISSING: u32 = 10;
     /// Any other protocol addressed to a VIP (ICMP echo and the like).
     pub const VIP_PROTO: u32 = 11;
+    /// Source and destination share no Compose network.
+    pub const POLICY: u32 = 12;
     /// One past the largest reason; the size of `FZ_DROPS`.
-    pub const MAX: u32 = 12;
+    pub const MAX: u32 = 13;
 
     /// A short, stable name for tables and JSON.
     pub fn name(reason: u32) -> &'static str {
@@ -257,6 +269,7 @@ pub mod drop_reason {
             CT_FULL => "conntrack-full",
             BACKEND_MISSING => "backend-missing",
             VIP_PROTO => "vip-protocol",
+            POLICY => "policy-denied",
             _ => "unknown",
         }
     }

@@ -93,6 +93,16 @@ fn deliver(ctx: &TcContext, ip: &Ipv4, dst_be: u32, translated: bool) -> Result<
     };
     // SAFETY: the pointer comes from a successful map lookup and is only read.
     let ep = unsafe { *ep };
+    // Network isolation for flows that conntrack has not vouched for.
+    if !translated && ep.net_mask != 0 {
+        if let Some(src) = ENDPOINTS.get_ptr(EndpointKey { addr_be: ip.hdr.src_be }) {
+            // SAFETY: as above.
+            let src_mask = unsafe { (*src).net_mask };
+            if src_mask != 0 && src_mask & ep.net_mask == 0 {
+                return Err(drop_reason::POLICY);
+            }
+        }
+    }
 
     // Routed hop: decrement the TTL as a router would.
     let ttl = ip.hdr.ttl;

@@ -7,12 +7,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use fizz_common::{
-    drop_reason, BackendKey, CtKey, CtValue, SvcKey, VipKey, CT_FLAG_FIN, CT_FLAG_REPLIED,
+    drop_reason, BackendKey, CtKey, CtValue, EndpointKey, SvcKey, VipKey, CT_FLAG_FIN, CT_FLAG_REPLIED,
     CT_FLAG_RST, CT_FORWARD, CT_REPLY, IPPROTO_TCP,
 };
 
 use crate::{
-    maps::{count, BACKENDS, BACKEND_STATS, CONNTRACK, RR, SERVICES, SVC_STATS, VIPS},
+    maps::{count, BACKENDS, BACKEND_STATS, CONNTRACK, ENDPOINTS, RR, SERVICES, SVC_STATS, VIPS},
     packet::{self, Ipv4, IP_CSUM, IP_DST, IP_OFF, IP_SRC, L4_DPORT, L4_SPORT, TCP_CSUM, UDP_CSUM},
 };
 
@@ -103,6 +103,15 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: bool) ->
     }
     if ip.hdr.ttl <= 1 {
         return Err(drop_reason::TTL_EXCEEDED);
+    }
+    if svc.net_mask != 0 {
+        if let Some(client) = ENDPOINTS.get_ptr(EndpointKey { addr_be: flow.key.src_be }) {
+            // SAFETY: the pointer comes from a successful map lookup and is only read.
+            let m = unsafe { (*client).net_mask };
+            if m != 0 && m & svc.net_mask == 0 {
+                return Err(drop_reason::POLICY);
+            }
+        }
     }
     let slot = next_slot(svc.id, svc.count);
     let Some(backend) = BACKENDS.get_ptr(BackendKey { svc_id: svc.id, slot }) else {

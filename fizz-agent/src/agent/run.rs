@@ -390,7 +390,7 @@ impl Agent {
                     }
                 }
                 Action::Create { id, addr, spec } => {
-                    if let Err(e) = self.create(&spec, addr).await {
+                    if let Err(e) = self.create(&id, &spec, addr).await {
                         eprintln!("fizz agent: {e}");
                         self.notes.insert(id, e);
                     }
@@ -407,20 +407,27 @@ impl Agent {
         self.observed = containers;
     }
 
-    async fn create(&mut self, spec: &crate::docker::ContainerSpec, addr: Ipv4Addr) -> Result<(), String> {
+    async fn create(&mut self, id: &Identity, spec: &crate::docker::ContainerSpec, addr: Ipv4Addr) -> Result<(), String> {
+        let mask = self.mask_of(&id.project, &id.service);
         self.docker.ensure_image(&spec.image).await.map_err(|e| e.to_string())?;
         let id = self.docker.create(spec).await.map_err(|e| e.to_string())?;
         self.docker.start(&id).await.map_err(|e| e.to_string())?;
         let info = self.docker.inspect(&id).await.map_err(|e| e.to_string())?;
         match info {
-            Some(ContainerInfo { state: RunState::Running, pid: Some(pid), .. }) => self.wire(&spec.name, pid, addr),
+            Some(ContainerInfo { state: RunState::Running, pid: Some(pid), .. }) => self.wire(&spec.name, pid, addr, mask),
             // It exited at once (a one-shot task, or a crash): nothing to plumb.
             _ => Ok(()),
         }
     }
 
+    /// The network mask of the service a container belongs to.
+    fn mask_of(&self, project: &str, service: &str) -> u64 {
+        let (masks, _) = reconcile::network_masks(&self.desired);
+        masks.get(&(project.to_string(), service.to_string())).copied().unwrap_or(0)
+    }
+
     /// Plumbs a running container and hands it to the datapath.
-    fn wire(&mut self, name: &str, pid: u32, addr: Ipv4Addr) -> Result<(), String> {
+    fn wire(&mut self, name: &str, pid: u32, addr: Ipv4Addr, net_mask: u64) -> Result<(), String> {
         let req = PlumbRequest {
             pid,
             host_if: host_if(&self.cfg.veth_prefix, name),
@@ -431,7 +438,7 @@ impl Agent {
         let wired = plumb::plumb(&req).map_err(|e| format!("plumbing {name}: {e}"))?;
         self.dp.attach(&wired.host_if).map_err(|e| format!("attaching to {}: {e}", wired.host_if))?;
         self.dp
-            .set_endpoint(addr, fizz_common::Endpoint { ifindex: wired.host_ifindex, mac: req.mac, node_mac: wired.node_mac })
+            .set_endpoint(addr, fizz_common::Endpoint { ifindex: wired.host_ifindex, mac: req.mac, node_mac: wired.node_mac, net_mask })
             .map_err(|e| e.to_string())
     }
 
@@ -447,16 +454,17 @@ impl Agent {
     /// plumbed again; those with a veth are handed to the datapath as is.
     fn adopt(&mut self, containers: &[ContainerInfo]) {
         for c in containers {
-            let (Some((_, Some(addr))), RunState::Running, Some(pid)) = (identity(c), c.state, c.pid) else { continue };
+            let (Some((id, Some(addr))), RunState::Running, Some(pid)) = (identity(c), c.state, c.pid) else { continue };
+            let mask = self.mask_of(&id.project, &id.service);
             let name = host_if(&self.cfg.veth_prefix, &c.name);
             match plumb::host_link(&name) {
                 Ok(Some((ifindex, node_mac))) => {
                     let _ = self.dp.attach(&name);
-                    let ep = fizz_common::Endpoint { ifindex, mac: plumb::container_mac(addr), node_mac };
+                    let ep = fizz_common::Endpoint { ifindex, mac: plumb::container_mac(addr), node_mac, net_mask: mask };
                     let _ = self.dp.set_endpoint(addr, ep);
                 }
                 Ok(None) => {
-                    if let Err(e) = self.wire(&c.name, pid, addr) {
+                    if let Err(e) = self.wire(&c.name, pid, addr, mask) {
                         eprintln!("fizz agent: {e}");
                     }
                 }
@@ -468,9 +476,9 @@ impl Agent {
     /// Writes the VIP table and removes endpoints of containers that are gone.
     fn sync_datapath(&mut self, containers: &[ContainerInfo]) {
         let table = reconcile::vip_table(&self.desired, containers);
-        let wanted: BTreeSet<Frontend> = table.iter().map(|s| s.frontend).collect();
-        for spec in &table {
-            if let Err(e) = self.dp.set_service(spec) {
+        let wanted: BTreeSet<Frontend> = table.iter().map(|(s, _)| s.frontend).collect();
+        for (spec, mask) in &table {
+            if let Err(e) = self.dp.set_service_in(spec, *mask) {
                 eprintln!("fizz agent: service {}: {e}", spec.frontend);
             }
         }

@@ -212,6 +212,47 @@ pub fn plan(ctx: &NodeContext<'_>, projects: &BTreeMap<String, ProjectPlan>, con
     out
 }
 
+/// The networks of a service (Compose puts a service with none on
+/// `default`).
+pub fn service_networks(svc: &ServicePlan) -> Vec<String> {
+    if svc.networks.is_empty() {
+        vec!["default".to_string()]
+    } else {
+        svc.networks.keys().cloned().collect()
+    }
+}
+
+/// One bit per (project, network) in use, in a deterministic order, and the
+/// resulting mask of every service: two containers may talk when their
+/// masks share a bit. Past 64 networks, masks are 0 (unrestricted) and the
+/// second value says so.
+pub fn network_masks(projects: &BTreeMap<String, ProjectPlan>) -> (BTreeMap<(String, String), u64>, bool) {
+    let mut bits: BTreeMap<(String, String), u32> = BTreeMap::new();
+    for (pname, p) in projects {
+        for svc in p.services.values() {
+            for n in service_networks(svc) {
+                let next = bits.len() as u32;
+                bits.entry((pname.clone(), n)).or_insert(next);
+            }
+        }
+    }
+    // Renumber in sorted order so every node agrees whatever the insertion.
+    let overflow = bits.len() > 64;
+    let index: BTreeMap<(String, String), u32> = bits.keys().cloned().enumerate().map(|(i, k)| (k, i as u32)).collect();
+    let mut out = BTreeMap::new();
+    for (pname, p) in projects {
+        for (sname, svc) in &p.services {
+            let mask = if overflow {
+                0
+            } else {
+                service_networks(svc).iter().fold(0u64, |m, n| m | 1u64 << index[&(pname.clone(), n.clone())])
+            };
+            out.insert((pname.clone(), sname.clone()), mask);
+        }
+    }
+    (out, overflow)
+}
+
 /// Whether a replica may receive traffic: running, and healthy when the
 /// service has a healthcheck.
 pub fn ready(svc: &ServicePlan, c: &ContainerInfo) -> bool {
@@ -220,7 +261,9 @@ pub fn ready(svc: &ServicePlan, c: &ContainerInfo) -> bool {
 
 /// The VIP table: every exposed port of every service with a VIP, backed by
 /// its ready replicas (none: the VIP rejects).
-pub fn vip_table(projects: &BTreeMap<String, ProjectPlan>, containers: &[ContainerInfo]) -> Vec<ServiceSpec> {
+/// Each entry comes with the service's network mask.
+pub fn vip_table(projects: &BTreeMap<String, ProjectPlan>, containers: &[ContainerInfo]) -> Vec<(ServiceSpec, u64)> {
+    let (masks, _) = network_masks(projects);
     let mut out = Vec::new();
     for (pname, p) in projects {
         for (sname, svc) in &p.services {
@@ -233,11 +276,13 @@ pub fn vip_table(projects: &BTreeMap<String, ProjectPlan>, containers: &[Contain
                 })
                 .collect();
             addrs.sort();
+            let mask = masks.get(&(pname.clone(), sname.clone())).copied().unwrap_or(0);
             for port in &svc.ports {
-                out.push(ServiceSpec {
+                let spec = ServiceSpec {
                     frontend: Frontend { vip, port: port.port, proto: port.proto },
                     backends: addrs.iter().map(|&addr| BackendAddr { addr, port: port.target }).collect(),
-                });
+                };
+                out.push((spec, mask));
             }
         }
     }

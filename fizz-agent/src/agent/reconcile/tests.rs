@@ -137,8 +137,27 @@ fn only_ready_replicas_back_the_vip() {
     ];
     let table = vip_table(&ps, &cs);
     assert_eq!(table.len(), 1);
-    let addrs: Vec<String> = table[0].backends.iter().map(|b| b.to_string()).collect();
+    let addrs: Vec<String> = table[0].0.backends.iter().map(|b| b.to_string()).collect();
     assert_eq!(addrs, vec!["10.42.0.2:8080"]);
     cs[0].state = RunState::Exited;
-    assert!(vip_table(&ps, &cs)[0].backends.is_empty(), "no ready replica: the VIP rejects");
+    assert!(vip_table(&ps, &cs)[0].0.backends.is_empty(), "no ready replica: the VIP rejects");
+}
+
+#[test]
+fn services_share_a_bit_only_when_they_share_a_network() {
+    let mut front = svc(1, &[], false);
+    front.networks = [("front".to_string(), vec![])].into();
+    let mut both = svc(1, &[], false);
+    both.networks = [("front".to_string(), vec![]), ("back".to_string(), vec![])].into();
+    let mut back = svc(1, &[], false);
+    back.networks = [("back".to_string(), vec![])].into();
+    let ps = project(vec![("web", front), ("api", both), ("db", back), ("other", svc(1, &[], false))]);
+    let (m, overflow) = network_masks(&ps);
+    let get = |s: &str| m[&("app".to_string(), s.to_string())];
+    assert!(!overflow);
+    assert_ne!(get("web") & get("api"), 0);
+    assert_ne!(get("api") & get("db"), 0);
+    assert_eq!(get("web") & get("db"), 0, "web and db share no network");
+    assert_eq!(get("other") & (get("web") | get("db") | get("api")), 0, "default is a network of its own");
+    assert_eq!(vip_table(&ps, &[]).iter().find(|(s, _)| s.frontend.vip == ps["app"].services["db"].vip.unwrap()).unwrap().1, get("db"));
 }

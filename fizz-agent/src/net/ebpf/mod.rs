@@ -3,7 +3,8 @@
 //! endpoints into the maps. The only module that uses aya.
 //!
 //! Pin layout under a node's pin directory (on bpffs):
-//! - `maps/FZ_*`: every map, pinned by name by the loader;
+//! - `maps-v<ABI_VERSION>/FZ_*`: every map, pinned by name by the loader (a
+//!   new map layout gets a new directory, never old pins);
 //! - `from_container`: the TC program;
 //! - `links/<ifname>@<ifindex>`: one TCX link per attached veth (bpffs allows no dots in names).
 //!
@@ -200,7 +201,7 @@ impl Datapath {
         let cfg = config.to_map()?;
         ensure_bpffs(pin_dir)?;
         check_bpffs(pin_dir)?;
-        let maps_dir = pin_dir.join("maps");
+        let maps_dir = maps_dir(pin_dir);
         for d in [pin_dir.to_path_buf(), maps_dir.clone(), pin_dir.join("links")] {
             std::fs::create_dir_all(&d).map_err(io(format!("creating {}", d.display())))?;
         }
@@ -338,6 +339,12 @@ impl Datapath {
     /// flows, and its conntrack entries are purged. An invalid request
     /// changes nothing.
     pub fn set_service(&mut self, spec: &ServiceSpec) -> Result<(), Error> {
+        self.set_service_in(spec, 0)
+    }
+
+    /// Like `set_service`, for a service on the networks of `net_mask` (one
+    /// bit each): local clients on none of them cannot open flows to it.
+    pub fn set_service_in(&mut self, spec: &ServiceSpec, net_mask: u64) -> Result<(), Error> {
         let fe = spec.frontend;
         let mut ids = self.ids.clone();
         let plan = service::plan_service(spec, self.installed.get(&fe), &mut ids)?;
@@ -355,7 +362,7 @@ impl Datapath {
             )?;
         }
         let key = svc_key(&fe);
-        self.maps.services.set(&key, &SvcValue { id: plan.id, count: plan.slots.len() as u32 })?;
+        self.maps.services.set(&key, &SvcValue { id: plan.id, count: plan.slots.len() as u32, net_mask })?;
         if plan.new_id {
             self.add_vip_port(fe.vip, 1)?;
         }
@@ -435,6 +442,11 @@ impl Datapath {
         drop(self);
         std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))
     }
+}
+
+/// Where the maps of the current layout are pinned under a pin directory.
+pub fn maps_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(format!("maps-v{}", fizz_common::ABI_VERSION))
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
