@@ -277,7 +277,7 @@ pub struct Container {
 impl Container {
     /// The datapath's entry for this container.
     pub fn endpoint(&self) -> Endpoint {
-        Endpoint { ifindex: self.host_ifindex, mac: self.mac, node_mac: self.node_mac }
+        Endpoint { ifindex: self.host_ifindex, mac: self.mac, node_mac: self.node_mac, net_mask: 0 }
     }
 }
 

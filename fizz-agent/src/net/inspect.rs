@@ -106,7 +106,7 @@ fn sock(addr_be: u32, port_be: u16) -> String {
 
 /// Reads the datapath pinned under `pin_dir`.
 pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
-    let maps = Maps::open(&pin_dir.join("maps"))?;
+    let maps = Maps::open(&ebpf::maps_dir(pin_dir))?;
     let now = ebpf::monotonic_ns();
 
     let program = SchedClassifier::from_pin(pin_dir.join(PROG_FROM_CONTAINER)).ok().and_then(|p| {

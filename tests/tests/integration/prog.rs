@@ -40,7 +40,7 @@ fn fixture() -> Fixture {
     dp.set_service(&svc(VIP, 80, Proto::Tcp, &[(BACKEND, 8080)])).unwrap();
     dp.set_service(&svc(VIP, 53, Proto::Udp, &[(BACKEND, 5353)])).unwrap();
     dp.set_service(&svc(EMPTY_VIP, 80, Proto::Tcp, &[])).unwrap();
-    dp.set_endpoint(BACKEND, Endpoint { ifindex: 1, mac: BACKEND_MAC, node_mac: NODE_MAC }).unwrap();
+    dp.set_endpoint(BACKEND, Endpoint { ifindex: 1, mac: BACKEND_MAC, node_mac: NODE_MAC, net_mask: 0 }).unwrap();
     Fixture { dp, _pins: pins }
 }
 

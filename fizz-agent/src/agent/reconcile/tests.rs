@@ -151,6 +151,7 @@ fn services_share_a_bit_only_when_they_share_a_network() {
     both.networks = [("front".to_string(), vec![]), ("back".to_string(), vec![])].into();
     let mut back = svc(1, &[], false);
     back.networks = [("back".to_string(), vec![])].into();
+    back.vip = Some(Ipv4Addr::new(10, 43, 0, 99));
     let ps = project(vec![("web", front), ("api", both), ("db", back), ("other", svc(1, &[], false))]);
     let (m, overflow) = network_masks(&ps);
     let get = |s: &str| m[&("app".to_string(), s.to_string())];
