@@ -19,6 +19,7 @@ use super::{
 };
 use crate::{
     api,
+    dns::{Records, Server as DnsServer, SharedRecords},
     docker::{ContainerInfo, Docker, RunState},
     net::{
         conntrack::Timeouts,
@@ -40,6 +41,9 @@ pub enum StartError {
     /// The node's gateway address cannot be set up.
     #[error("setting up the container gateway: {0}")]
     Gateway(#[from] plumb::PlumbError),
+    /// The DNS server cannot listen.
+    #[error("starting the DNS server: {0}")]
+    Dns(#[from] crate::dns::DnsError),
     /// The API socket cannot be bound.
     #[error("binding the API socket {path}: {source}")]
     Socket { path: String, #[source] source: std::io::Error },
@@ -64,6 +68,9 @@ struct Agent {
     /// Why replicas are not running (waiting on a dependency, errors).
     notes: BTreeMap<Identity, String>,
     docker_ok: bool,
+    /// The names the DNS server answers, replaced after each pass.
+    records: SharedRecords,
+    _dns: DnsServer,
 }
 
 /// The host end of a container's veth: the prefix and a hash of its name.
@@ -82,6 +89,8 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let desired = store.load()?;
     let dp = Datapath::open(&cfg.pin_dir, DatapathConfig { vip_net: cfg.vip_range.net, vip_prefix: cfg.vip_range.len })?;
     plumb::ensure_gateway()?;
+    let records = SharedRecords::new(Records::new());
+    let dns = DnsServer::bind(cfg.dns_listen, records.clone(), cfg.dns_upstream.clone()).await?;
 
     // Docker may not be up yet: retry with backoff without blocking the API.
     let docker = connect_docker().await;
@@ -108,7 +117,18 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         }
     });
 
-    let mut agent = Agent { cfg, store, desired, docker, dp, observed: Vec::new(), notes: BTreeMap::new(), docker_ok: true };
+    let mut agent = Agent {
+        cfg,
+        store,
+        desired,
+        docker,
+        dp,
+        observed: Vec::new(),
+        notes: BTreeMap::new(),
+        docker_ok: true,
+        records,
+        _dns: dns,
+    };
     eprintln!("fizz agent: node {} ready (api {}, datapath {})", agent.cfg.node, agent.cfg.socket.display(), agent.cfg.pin_dir.display());
 
     let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -404,6 +424,8 @@ impl Agent {
         };
         self.adopt(&containers);
         self.sync_datapath(&containers);
+        let (services, clients) = reconcile::dns_entries(&self.desired, &containers);
+        self.records.replace(Records::build(services, clients));
         self.observed = containers;
     }
 

@@ -141,3 +141,78 @@ fn deploys_survives_agent_restarts_under_traffic_and_downs_cleanly() {
     assert!(snap.services.is_empty(), "VIP removed: {:?}", snap.services);
     assert!(snap.endpoints.is_empty(), "endpoints removed: {:?}", snap.endpoints);
 }
+
+fn httpd_service(body: &str, networks: &[&str], aliases: &[&str]) -> ServicePlan {
+    ServicePlan {
+        replicas: 1,
+        template: ContainerSpec {
+            image: BUSYBOX_IMAGE.into(),
+            command: Some(vec!["sh".into(), "-c".into(), format!("echo {body} > /www/index.html && exec httpd -f -p 8080 -h /www")]),
+            stop_grace_period: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+        ports: vec![ServicePort { port: 80, target: 8080, proto: Proto::Tcp }],
+        networks: networks.iter().map(|n| (n.to_string(), aliases.iter().map(|a| a.to_string()).collect())).collect(),
+        ..Default::default()
+    }
+}
+
+fn exec(rt: &tokio::runtime::Runtime, agent: &AgentProc, project: &str, service: &str, cmd: &str) -> (i64, String) {
+    let req = fizz::api::ExecRequest {
+        project: project.into(),
+        service: service.into(),
+        replica: 1,
+        cmd: vec!["sh".into(), "-c".into(), cmd.into()],
+    };
+    let r: fizz::api::ExecResponse = rt.block_on(agent.client().call(Method::POST, "/v1/exec", Some(&req))).unwrap();
+    (r.exit_code, r.output.trim().to_string())
+}
+
+#[test]
+fn names_resolve_and_networks_isolate() {
+    require_docker!();
+    let node = Node::new().unwrap();
+    let _containers = DockerNodeGuard(node.name.clone());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let agent = AgentProc::start(&node, &[]).unwrap();
+    let project = format!("{}q", node.name.to_lowercase());
+    let plan = ProjectPlan {
+        name: project.clone(),
+        services: [
+            ("web".to_string(), httpd_service("web", &["front"], &[])),
+            ("api".to_string(), httpd_service("api", &["front", "back"], &["backend"])),
+            ("db".to_string(), httpd_service("db", &["back"], &[])),
+        ]
+        .into(),
+        volumes: vec![],
+    };
+    let _: UpResponse = rt.block_on(agent.client().call(Method::POST, "/v1/up", Some(&UpRequest { project: plan }))).unwrap();
+    let ps = wait_running(&rt, &agent, 3);
+    let db_addr = ps.replicas.iter().find(|r| r.service == "db").unwrap().addr.unwrap();
+
+    // Names: <service>, <service>.<project>, <service>.<project>.fizz, tasks.
+    for name in ["api", &format!("api.{project}"), &format!("api.{project}.fizz")] {
+        let (code, out) = exec(&rt, &agent, &project, "web", &format!("timeout 5 wget -qO- http://{name}/"));
+        assert_eq!((code, out.as_str()), (0, "api"), "web → http://{name}/");
+    }
+    let (code, out) = exec(&rt, &agent, &project, "web", "nslookup tasks.api");
+    let api_addr = ps.replicas.iter().find(|r| r.service == "api").unwrap().addr.unwrap();
+    assert!(code == 0 && out.contains(&api_addr.to_string()), "tasks.api lists the replica: {out}");
+    // An alias resolves for containers on its network only.
+    let (code, out) = exec(&rt, &agent, &project, "db", "timeout 5 wget -qO- http://backend/");
+    assert_eq!((code, out.as_str()), (0, "api"), "db reaches api by its alias on `back`");
+
+    // Isolation: web shares no network with db, by VIP or by address.
+    let (code, _) = exec(&rt, &agent, &project, "web", "timeout 2 wget -qO- http://db/");
+    assert_ne!(code, 0, "web must not reach db through its VIP");
+    let (code, _) = exec(&rt, &agent, &project, "web", &format!("timeout 2 wget -qO- http://{db_addr}:8080/"));
+    assert_ne!(code, 0, "web must not reach db directly");
+    let (code, out) = exec(&rt, &agent, &project, "api", "timeout 5 wget -qO- http://db/");
+    assert_eq!((code, out.as_str()), (0, "db"), "api shares `back` with db");
+    let snap = node.ns.run(|| fizz::net::inspect::snapshot(&node.pins.0)).unwrap().unwrap();
+    assert!(snap.drops.get("policy-denied").is_some_and(|c| c.packets > 0), "the denied packets are counted: {:?}", snap.drops);
+
+    // A removed service is NXDOMAIN at once.
+    rt.block_on(agent.client().call::<_, ()>(Method::POST, "/v1/down", Some(&DownRequest { project: project.clone(), volumes: false })))
+        .unwrap();
+}

@@ -13,6 +13,7 @@ use super::{
     plan::{container_name, Condition, ProjectPlan, ServicePlan},
 };
 use crate::{
+    dns,
     docker::{labels, ContainerInfo, ContainerSpec, Health, RunState},
     net::service::{BackendAddr, Frontend, ServiceSpec},
 };
@@ -287,6 +288,42 @@ pub fn vip_table(projects: &BTreeMap<String, ProjectPlan>, containers: &[Contain
         }
     }
     out
+}
+
+/// The names the DNS server answers: every service with a VIP (its aliases
+/// per network, its running replicas as `tasks.`), and every container as a
+/// client of its project and networks.
+pub fn dns_entries(
+    projects: &BTreeMap<String, ProjectPlan>,
+    containers: &[ContainerInfo],
+) -> (Vec<dns::ServiceEntry>, Vec<dns::ClientEntry>) {
+    let mut services = Vec::new();
+    let mut clients = Vec::new();
+    for (pname, p) in projects {
+        for (sname, svc) in &p.services {
+            let Some(vip) = svc.vip else { continue };
+            let mut tasks: Vec<Ipv4Addr> = containers
+                .iter()
+                .filter_map(|c| {
+                    let (id, addr) = identity(c)?;
+                    (id.project == *pname && id.service == *sname && ready(svc, c)).then_some(addr?)
+                })
+                .collect();
+            tasks.sort();
+            let aliases = svc
+                .networks
+                .iter()
+                .flat_map(|(net, names)| names.iter().map(move |a| dns::NetworkAlias { network: net.clone(), alias: a.clone() }))
+                .collect();
+            services.push(dns::ServiceEntry { project: pname.clone(), name: sname.clone(), vip, aliases, tasks });
+        }
+    }
+    for c in containers {
+        let Some((id, Some(addr))) = identity(c) else { continue };
+        let Some(svc) = projects.get(&id.project).and_then(|p| p.services.get(&id.service)) else { continue };
+        clients.push(dns::ClientEntry { addr, project: id.project.clone(), networks: service_networks(svc) });
+    }
+    (services, clients)
 }
 
 #[cfg(test)]
