@@ -319,7 +319,7 @@ pub fn fizz_bin() -> Result<PathBuf> {
 
 /// The test image: Debian's static busybox in an otherwise empty root,
 /// imported once (no registry is needed).
-pub const BUSYBOX_IMAGE: &str = "fizz-test/busybox:2";
+pub const BUSYBOX_IMAGE: &str = "fizz-test/busybox:3";
 
 /// Imports `BUSYBOX_IMAGE` into the Docker engine when it is missing.
 pub fn ensure_busybox_image() -> Result<()> {
@@ -331,7 +331,7 @@ pub fn ensure_busybox_image() -> Result<()> {
     let bin = root.join("bin");
     std::fs::create_dir_all(&bin)?;
     std::fs::copy("/bin/busybox", bin.join("busybox")).context("copying /bin/busybox (apt-get install busybox-static)")?;
-    for applet in ["sh", "httpd", "wget", "nc", "sleep", "cat", "echo", "ip", "ls", "mkdir", "nslookup", "true", "false", "env", "id", "ps", "kill", "hostname", "cp", "rm", "test", "timeout", "grep", "seq"] {
+    for applet in ["sh", "httpd", "wget", "nc", "sleep", "cat", "echo", "ip", "ls", "mkdir", "nslookup", "true", "false", "env", "id", "ps", "kill", "hostname", "cp", "rm", "test", "timeout", "grep", "seq", "touch", "date", "head", "tr"] {
         std::os::unix::fs::symlink("busybox", bin.join(applet))?;
     }
     for d in ["tmp", "etc", "www", "data"] {

@@ -216,3 +216,93 @@ fn names_resolve_and_networks_isolate() {
     rt.block_on(agent.client().call::<_, ()>(Method::POST, "/v1/down", Some(&DownRequest { project: project.clone(), volumes: false })))
         .unwrap();
 }
+
+/// GETs through the VIP from inside a replica of `from`, `n` times, and
+/// counts the answers.
+fn spread(rt: &tokio::runtime::Runtime, agent: &AgentProc, project: &str, from: &str, url: &str, n: u32) -> std::collections::BTreeMap<String, u32> {
+    let (code, out) = exec(rt, agent, project, from, &format!("for i in $(seq {n}); do timeout 5 wget -qO- {url}; done"));
+    assert_eq!(code, 0, "requests from {from} to {url}: {out}");
+    let mut seen = std::collections::BTreeMap::new();
+    for line in out.lines() {
+        *seen.entry(line.trim().to_string()).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[test]
+fn only_healthy_replicas_get_traffic_and_scaling_and_updates_touch_only_what_changed() {
+    require_docker!();
+    let node = Node::new().unwrap();
+    let _containers = DockerNodeGuard(node.name.clone());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let agent = AgentProc::start(&node, &[]).unwrap();
+    let project = format!("{}h", node.name.to_lowercase());
+    let mut web = httpd_service("unused", &[], &[]);
+    web.replicas = 2;
+    // Each replica serves its hostname; only replica 1 starts healthy.
+    web.template.command = Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "hostname > /www/index.html; case $(hostname) in *-1) touch /tmp/healthy;; esac; exec httpd -f -p 8080 -h /www".into(),
+    ]);
+    web.template.healthcheck = Some(fizz::docker::Healthcheck {
+        test: vec!["CMD".into(), "test".into(), "-f".into(), "/tmp/healthy".into()],
+        interval: Some(Duration::from_millis(500)),
+        timeout: Some(Duration::from_secs(2)),
+        start_period: None,
+        start_interval: None,
+        retries: Some(1),
+    });
+    web.has_healthcheck = true;
+    let client = httpd_service("client", &[], &[]);
+    let plan = |web: &ServicePlan| ProjectPlan {
+        name: project.clone(),
+        services: [("web".to_string(), web.clone()), ("client".to_string(), client.clone())].into(),
+        volumes: vec![],
+    };
+    let _: UpResponse = rt.block_on(agent.client().call(Method::POST, "/v1/up", Some(&UpRequest { project: plan(&web) }))).unwrap();
+    wait_running(&rt, &agent, 3);
+    wait_for("web-1 healthy", Duration::from_secs(30), || {
+        ps(&rt, &agent).replicas.iter().any(|r| r.name.ends_with("web-1") && r.health == Some(fizz::docker::Health::Healthy))
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+
+    let seen = spread(&rt, &agent, &project, "client", "http://web/", 20);
+    assert_eq!(seen.len(), 1, "only the healthy replica answers: {seen:?}");
+    assert!(seen.keys().all(|k| k.ends_with("web-1")), "{seen:?}");
+
+    // Replica 2 turns healthy: it joins the VIP.
+    let req = fizz::api::ExecRequest { project: project.clone(), service: "web".into(), replica: 2, cmd: vec!["touch".into(), "/tmp/healthy".into()] };
+    let r: fizz::api::ExecResponse = rt.block_on(agent.client().call(Method::POST, "/v1/exec", Some(&req))).unwrap();
+    assert_eq!(r.exit_code, 0, "touch in web-2: {}", r.output);
+    wait_for("web-2 in the VIP", Duration::from_secs(30), || spread(&rt, &agent, &project, "client", "http://web/", 6).len() == 2).unwrap();
+
+    // Scale up and down.
+    let scale = |n: u32| {
+        let req = fizz::api::ScaleRequest { project: project.clone(), service: "client".into(), replicas: n };
+        rt.block_on(agent.client().call::<_, ()>(Method::POST, "/v1/scale", Some(&req))).unwrap();
+    };
+    scale(3);
+    wait_running(&rt, &agent, 5);
+    scale(1);
+    wait_running(&rt, &agent, 3);
+    assert_eq!(ps(&rt, &agent).replicas.iter().filter(|r| r.service == "client").count(), 1);
+
+    // Changing one service recreates only its replicas.
+    let ids = |svc: &str| -> Vec<Option<String>> {
+        ps(&rt, &agent).replicas.iter().filter(|r| r.service == svc).map(|r| r.container_id.clone()).collect()
+    };
+    let (web_before, client_before) = (ids("web"), ids("client"));
+    let mut web2 = web.clone();
+    web2.template.env.insert("VERSION".into(), "2".into());
+    let up: UpResponse = rt.block_on(agent.client().call(Method::POST, "/v1/up", Some(&UpRequest { project: plan(&web2) }))).unwrap();
+    assert_eq!(up.changed, vec!["web".to_string()]);
+    wait_for("web recreated", Duration::from_secs(60), || {
+        let now = ids("web");
+        now.len() == 2 && now.iter().all(|i| i.is_some() && !web_before.contains(i))
+            && ps(&rt, &agent).replicas.iter().filter(|r| r.state == Some(RunState::Running)).count() == 3
+    })
+    .unwrap();
+    assert_eq!(ids("client"), client_before, "the unchanged service was not touched");
+}
