@@ -64,7 +64,8 @@ macro_rules! assert_size {
     };
 }
 
-/// Key of `FZ_SERVICES`: a VIP, a port and a protocol.
+/// Key of `FZ_SERVICES`: a VIP, a port and a protocol. Port 0 is the
+/// service's "any port" entry, used when no exact port matches.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct SvcKey {
@@ -99,7 +100,8 @@ pub struct BackendKey {
 }
 assert_size!(BackendKey, 8);
 
-/// Value of `FZ_BACKENDS`: where a flow is sent.
+/// Value of `FZ_BACKENDS`: where a flow is sent. Port 0 keeps the port the
+/// client asked for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Backend {

@@ -87,11 +87,18 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: bool) ->
         proto: flow.key.proto,
         _pad: 0,
     };
-    let Some(svc) = SERVICES.get_ptr(&svc_key) else {
-        if VIPS.get_ptr(VipKey { vip_be: flow.key.dst_be }).is_some() {
-            return Ok(Outcome::Reject(drop_reason::NO_SERVICE_PORT));
-        }
-        return Ok(Outcome::NotService);
+    // An exact port first, then the service's "any port" entry (port 0).
+    let svc = match SERVICES.get_ptr(&svc_key) {
+        Some(s) => s,
+        None => match SERVICES.get_ptr(&SvcKey { port_be: 0, ..svc_key }) {
+            Some(s) => s,
+            None => {
+                if VIPS.get_ptr(VipKey { vip_be: flow.key.dst_be }).is_some() {
+                    return Ok(Outcome::Reject(drop_reason::NO_SERVICE_PORT));
+                }
+                return Ok(Outcome::NotService);
+            }
+        },
     };
     // SAFETY: the pointer comes from a successful map lookup and is only read.
     let svc = unsafe { *svc };
@@ -118,7 +125,11 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: bool) ->
         return Err(drop_reason::BACKEND_MISSING);
     };
     // SAFETY: as above.
-    let backend = unsafe { *backend };
+    let mut backend = unsafe { *backend };
+    // Port 0: the backend listens on the port the client asked for.
+    if backend.port_be == 0 {
+        backend.port_be = flow.key.dport_be;
+    }
 
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };

@@ -62,7 +62,8 @@ impl FromStr for Proto {
     }
 }
 
-/// One exposed VIP port of a service.
+/// One exposed VIP port of a service; port 0 is "any port" (the backend
+/// port is then 0 too: the client's port is kept).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Frontend {
     pub vip: Ipv4Addr,
@@ -115,9 +116,6 @@ pub enum ServiceError {
     /// Every backend id is in use.
     #[error("no free backend id: {max} backends are in use")]
     NoBackendId { max: u32 },
-    /// Port zero cannot be load-balanced.
-    #[error("service {0} has port 0")]
-    ZeroPort(Frontend),
 }
 
 /// What the maps hold for one service now, as read back from them.
@@ -175,9 +173,6 @@ pub fn plan_service(
     ids: &mut IdSpace,
 ) -> Result<Plan, ServiceError> {
     let fe = spec.frontend;
-    if fe.port == 0 {
-        return Err(ServiceError::ZeroPort(fe));
-    }
     if spec.backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
         return Err(ServiceError::TooManyBackends {
             frontend: fe,
@@ -300,9 +295,6 @@ mod tests {
         let err = plan_service(&spec(&[1, 1]), None, &mut ids).unwrap_err();
         assert_eq!(err, ServiceError::DuplicateBackend { frontend: fe(), backend: b(1) });
         assert!(ids.service_ids.is_empty() && ids.backend_ids.is_empty());
-        let mut zero = spec(&[1]);
-        zero.frontend.port = 0;
-        assert!(matches!(plan_service(&zero, None, &mut ids), Err(ServiceError::ZeroPort(_))));
         let many = ServiceSpec {
             frontend: fe(),
             backends: (0..=MAX_BACKENDS_PER_SERVICE)

@@ -20,6 +20,7 @@ const REDIRECT: u32 = 7;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 43, 0, 10);
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 43, 0, 11);
+const ANY_PORT_VIP: Ipv4Addr = Ipv4Addr::new(10, 43, 0, 12);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 2);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 5);
 const BACKEND_MAC: [u8; 6] = [0x0a, 0x58, 10, 42, 0, 5];
@@ -40,6 +41,8 @@ fn fixture() -> Fixture {
     dp.set_service(&svc(VIP, 80, Proto::Tcp, &[(BACKEND, 8080)])).unwrap();
     dp.set_service(&svc(VIP, 53, Proto::Udp, &[(BACKEND, 5353)])).unwrap();
     dp.set_service(&svc(EMPTY_VIP, 80, Proto::Tcp, &[])).unwrap();
+    dp.set_service(&svc(ANY_PORT_VIP, 0, Proto::Tcp, &[(BACKEND, 0)])).unwrap();
+    dp.set_service(&svc(ANY_PORT_VIP, 443, Proto::Tcp, &[(BACKEND, 8443)])).unwrap();
     dp.set_endpoint(BACKEND, Endpoint { ifindex: 1, mac: BACKEND_MAC, node_mac: NODE_MAC, net_mask: 0 }).unwrap();
     Fixture { dp, _pins: pins }
 }
@@ -106,6 +109,25 @@ fn vip_udp_is_dnatted_and_a_zero_checksum_stays_zero() {
     let out = run(&f, &zero);
     assert_eq!(out.data[14 + 20 + 6..14 + 20 + 8], [0, 0], "no checksum means none is invented");
     assert_eq!(parse(&out.data).unwrap().dport, 5353);
+}
+
+#[test]
+fn a_service_without_declared_ports_takes_any_port_and_exact_ports_win() {
+    require_root!();
+    let f = fixture();
+    let p = parse(&run(&f, &Frame::tcp(CLIENT, 40020, ANY_PORT_VIP, 5432).build()).data).unwrap();
+    assert_eq!((p.dst, p.dport), (BACKEND, 5432), "the client's port is kept");
+    assert!(p.ip_csum_ok && p.l4_csum_ok);
+    let p = parse(&run(&f, &Frame::tcp(CLIENT, 40021, ANY_PORT_VIP, 443).build()).data).unwrap();
+    assert_eq!((p.dst, p.dport), (BACKEND, 8443), "an exact entry wins");
+    // Replies of the any-port flow come back from the VIP's port.
+    let mut reply = Frame::tcp(BACKEND, 5432, CLIENT, 40020);
+    reply.tcp_flags = 0x12;
+    let p = parse(&run(&f, &reply.build()).data).unwrap();
+    assert_eq!((p.src, p.sport), (ANY_PORT_VIP, 5432));
+    // UDP has no any-port entry here: the VIP rejects it.
+    let p = parse(&run(&f, &Frame::udp(CLIENT, 40022, ANY_PORT_VIP, 53).build()).data).unwrap();
+    assert_eq!(p.proto, ICMP);
 }
 
 #[test]

@@ -10,12 +10,12 @@ use std::{
 
 use super::{
     ipam::{self, Cidr},
-    plan::{container_name, Condition, ProjectPlan, ServicePlan},
+    plan::{container_name, Condition, ProjectPlan, ServicePlan, ServicePort},
 };
 use crate::{
     dns,
     docker::{labels, ContainerInfo, ContainerSpec, Health, RunState},
-    net::service::{BackendAddr, Frontend, ServiceSpec},
+    net::service::{BackendAddr, Frontend, Proto, ServiceSpec},
 };
 
 /// Who a container is, from its labels.
@@ -254,10 +254,14 @@ pub fn network_masks(projects: &BTreeMap<String, ProjectPlan>) -> (BTreeMap<(Str
     (out, overflow)
 }
 
-/// Whether a replica may receive traffic: running, and healthy when the
-/// service has a healthcheck.
+/// Whether a replica may receive traffic: running, and healthy when Docker
+/// runs a healthcheck for it (from the service or from its image).
 pub fn ready(svc: &ServicePlan, c: &ContainerInfo) -> bool {
-    c.state == RunState::Running && (!svc.has_healthcheck || c.health == Some(Health::Healthy))
+    let healthy = match c.health {
+        Some(h) => h == Health::Healthy,
+        None => !svc.has_healthcheck,
+    };
+    c.state == RunState::Running && healthy
 }
 
 /// The VIP table: every exposed port of every service with a VIP, backed by
@@ -278,7 +282,14 @@ pub fn vip_table(projects: &BTreeMap<String, ProjectPlan>, containers: &[Contain
                 .collect();
             addrs.sort();
             let mask = masks.get(&(pname.clone(), sname.clone())).copied().unwrap_or(0);
-            for port in &svc.ports {
+            // A service that declares no port takes connections on any port,
+            // as containers on a Compose network would.
+            let any = [
+                ServicePort { port: 0, target: 0, proto: Proto::Tcp },
+                ServicePort { port: 0, target: 0, proto: Proto::Udp },
+            ];
+            let ports: &[ServicePort] = if svc.ports.is_empty() { &any } else { &svc.ports };
+            for port in ports {
                 let spec = ServiceSpec {
                     frontend: Frontend { vip, port: port.port, proto: port.proto },
                     backends: addrs.iter().map(|&addr| BackendAddr { addr, port: port.target }).collect(),
