@@ -38,6 +38,9 @@ if ! docker info >/dev/null 2>&1; then
     docker info >/dev/null 2>&1 || { echo "setup: dockerd did not start; see /var/log/fizz-dockerd.log" >&2; exit 1; }
 fi
 
+# The image the example app and the tests run.
+bash scripts/busybox-image.sh
+
 # The eBPF toolchain; this also builds the eBPF object once.
 cargo xtask build-ebpf >/dev/null
 echo "setup: ready"

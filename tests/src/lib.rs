@@ -319,33 +319,15 @@ pub fn fizz_bin() -> Result<PathBuf> {
 
 /// The test image: Debian's static busybox in an otherwise empty root,
 /// imported once (no registry is needed).
-pub const BUSYBOX_IMAGE: &str = "fizz-test/busybox:3";
+pub const BUSYBOX_IMAGE: &str = "fizz-test/busybox:4";
 
-/// Imports `BUSYBOX_IMAGE` into the Docker engine when it is missing.
+/// Imports `BUSYBOX_IMAGE` into the Docker engine when it is missing, with
+/// the same script the set-up uses (`scripts/busybox-image.sh`).
 pub fn ensure_busybox_image() -> Result<()> {
-    let present = Command::new("docker").args(["image", "inspect", BUSYBOX_IMAGE]).output()?.status.success();
-    if present {
-        return Ok(());
-    }
-    let root = std::env::temp_dir().join(unique("R"));
-    let bin = root.join("bin");
-    std::fs::create_dir_all(&bin)?;
-    std::fs::copy("/bin/busybox", bin.join("busybox")).context("copying /bin/busybox (apt-get install busybox-static)")?;
-    for applet in ["sh", "httpd", "wget", "nc", "sleep", "cat", "echo", "ip", "ls", "mkdir", "nslookup", "true", "false", "env", "id", "ps", "kill", "hostname", "cp", "rm", "test", "timeout", "grep", "seq", "touch", "date", "head", "tr"] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet))?;
-    }
-    for d in ["tmp", "etc", "www", "data"] {
-        std::fs::create_dir_all(root.join(d))?;
-    }
-    let tar = Command::new("tar").arg("-C").arg(&root).args(["-c", "."]).stdout(Stdio::piped()).spawn()?;
-    let status = Command::new("docker")
-        .args(["import", "-", BUSYBOX_IMAGE])
-        .stdin(tar.stdout.context("tar stdout")?)
-        .stdout(Stdio::null())
-        .status()?;
-    let _ = std::fs::remove_dir_all(&root);
-    if !status.success() {
-        bail!("docker import of {BUSYBOX_IMAGE} failed");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/busybox-image.sh");
+    let out = Command::new("bash").arg(&script).output().with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod ipam;
 pub mod plan;
 pub mod reconcile;
 pub mod store;
+pub mod translate;
 mod run;
 
 use std::{

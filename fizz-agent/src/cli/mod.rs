@@ -3,6 +3,8 @@
 //! through its API socket.
 
 mod agent;
+mod compose_args;
+mod config;
 mod dev;
 mod down;
 mod exec;
@@ -10,6 +12,7 @@ mod logs;
 pub mod net_inspect;
 pub mod ps;
 mod scale;
+pub mod up;
 
 use std::path::PathBuf;
 
@@ -32,6 +35,10 @@ pub struct Cli {
 enum Command {
     /// Run the per-host agent in the foreground.
     Agent(agent::Args),
+    /// Deploy a Compose project (or update it) and show progress.
+    Up(up::Args),
+    /// Print the normalized Compose project.
+    Config(config::Args),
     /// List replicas: service, node, state, health, address, VIP.
     Ps(ps::Args),
     /// Remove a project: containers, VIPs, names, and volumes if asked.
@@ -94,6 +101,8 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Agent(args) => agent::run(args, cli.socket).map(|()| 0),
         Command::Net { command: NetCommand::Inspect(args) } => net_inspect::run(args).map(|()| 0),
         Command::Dev { command } => dev::run(command).map(|()| 0),
+        Command::Up(args) => rt()?.block_on(up::run(args, &client)).map(|()| 0),
+        Command::Config(args) => config::run(args).map(|()| 0),
         Command::Ps(args) => rt()?.block_on(ps::run(args, &client)).map(|()| 0),
         Command::Down(args) => rt()?.block_on(down::run(args, &client)).map(|()| 0),
         Command::Scale(args) => rt()?.block_on(scale::run(args, &client)).map(|()| 0),
