@@ -148,6 +148,10 @@ assert_size!(CtKey, 16);
 pub const CT_FORWARD: u8 = 1;
 /// `CtValue::kind`: the reply direction; rewrite the source.
 pub const CT_REPLY: u8 = 2;
+/// Or'ed into `CtValue::kind` for a hairpin flow (a client that the VIP
+/// sent to itself): the forward direction also rewrites the source to the
+/// VIP, and the reply direction the destination back to the client.
+pub const CT_HAIRPIN: u8 = 0x80;
 
 /// `CtValue::flags`: a FIN was seen in this direction.
 pub const CT_FLAG_FIN: u8 = 1;
@@ -164,7 +168,7 @@ pub struct CtValue {
     /// destination; reply: the VIP, as source).
     pub nat_addr_be: u32,
     pub nat_port_be: u16,
-    /// `CT_FORWARD` or `CT_REPLY`.
+    /// `CT_FORWARD` or `CT_REPLY`, with `CT_HAIRPIN` or'ed in for hairpin flows.
     pub kind: u8,
     /// `CT_FLAG_*`, or'ed in by the datapath.
     pub flags: u8,

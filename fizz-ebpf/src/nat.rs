@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use fizz_common::{
     drop_reason, BackendKey, CtKey, CtValue, EndpointKey, SvcKey, VipKey, CT_FLAG_FIN, CT_FLAG_REPLIED,
-    CT_FLAG_RST, CT_FORWARD, CT_REPLY, IPPROTO_TCP,
+    CT_FLAG_RST, CT_FORWARD, CT_HAIRPIN, CT_REPLY, IPPROTO_TCP,
 };
 
 use crate::{
@@ -67,11 +67,21 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: bool) ->
         touch(ct, flow.tcp_flags);
         count(&SVC_STATS, ct.svc_id, len);
         count(&BACKEND_STATS, ct.backend_id, len);
-        return if ct.kind == CT_FORWARD {
+        let hairpin = ct.kind & CT_HAIRPIN != 0;
+        let kind = ct.kind & !CT_HAIRPIN;
+        return if kind == CT_FORWARD {
             rewrite(ctx, ip, true, flow.key.dst_be, flow.key.dport_be, ct.nat_addr_be, ct.nat_port_be)?;
+            if hairpin {
+                // The client is its own backend: it must see the VIP as the peer.
+                rewrite_addr(ctx, ip, false, flow.key.src_be, flow.key.dst_be)?;
+            }
             Ok(Outcome::Translated { dst_be: ct.nat_addr_be })
-        } else if ct.kind == CT_REPLY {
+        } else if kind == CT_REPLY {
             rewrite(ctx, ip, false, flow.key.src_be, flow.key.sport_be, ct.nat_addr_be, ct.nat_port_be)?;
+            if hairpin {
+                rewrite_addr(ctx, ip, true, flow.key.dst_be, flow.key.src_be)?;
+                return Ok(Outcome::Translated { dst_be: flow.key.src_be });
+            }
             Ok(Outcome::Translated { dst_be: flow.key.dst_be })
         } else {
             Ok(Outcome::NotService)
@@ -133,10 +143,12 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: bool) ->
 
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    let hairpin = backend.addr_be == flow.key.src_be;
+    let hp = if hairpin { CT_HAIRPIN } else { 0 };
     let mut fwd = CtValue {
         nat_addr_be: backend.addr_be,
         nat_port_be: backend.port_be,
-        kind: CT_FORWARD,
+        kind: CT_FORWARD | hp,
         flags: 0,
         svc_id: svc.id,
         backend_id: backend.id,
@@ -144,9 +156,11 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: bool) ->
         last_seen_ns: now,
     };
     fwd.flags = tcp_ct_flags(flow.tcp_flags);
+    // A hairpin client sees the VIP as its peer, so the reply is addressed
+    // to the VIP.
     let rev_key = CtKey {
         src_be: backend.addr_be,
-        dst_be: flow.key.src_be,
+        dst_be: if hairpin { flow.key.dst_be } else { flow.key.src_be },
         sport_be: backend.port_be,
         dport_be: flow.key.sport_be,
         proto: flow.key.proto,
@@ -155,7 +169,7 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: bool) ->
     let rev = CtValue {
         nat_addr_be: flow.key.dst_be,
         nat_port_be: flow.key.dport_be,
-        kind: CT_REPLY,
+        kind: CT_REPLY | hp,
         flags: 0,
         ..fwd
     };
@@ -168,14 +182,32 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: bool) ->
     count(&SVC_STATS, svc.id, len);
     count(&BACKEND_STATS, backend.id, len);
     rewrite(ctx, ip, true, flow.key.dst_be, flow.key.dport_be, backend.addr_be, backend.port_be)?;
+    if hairpin {
+        rewrite_addr(ctx, ip, false, flow.key.src_be, flow.key.dst_be)?;
+    }
     Ok(Outcome::Translated { dst_be: backend.addr_be })
+}
+
+/// Rewrites only the destination (`dst == true`) or source address.
+#[inline(always)]
+fn rewrite_addr(ctx: &TcContext, ip: &Ipv4, dst: bool, old_be: u32, new_be: u32) -> Result<(), u32> {
+    let (csum_off, mangled) = if ip.hdr.proto == IPPROTO_TCP {
+        (ip.l4_off + TCP_CSUM, 0)
+    } else {
+        (ip.l4_off + UDP_CSUM, u64::from(BPF_F_MARK_MANGLED_0))
+    };
+    let fail = |_| drop_reason::REWRITE_FAILED;
+    ctx.l4_csum_replace(csum_off, u64::from(old_be), u64::from(new_be), u64::from(BPF_F_PSEUDO_HDR) | mangled | 4)
+        .map_err(fail)?;
+    ctx.l3_csum_replace(IP_OFF + IP_CSUM, u64::from(old_be), u64::from(new_be), 4).map_err(fail)?;
+    packet::store(ctx, IP_OFF + if dst { IP_DST } else { IP_SRC }, &new_be)
 }
 
 /// Records TCP teardown flags and refreshes the entry's age.
 #[inline(always)]
 fn touch(ct: &mut CtValue, tcp_flags: u8) {
     let mut flags = ct.flags | tcp_ct_flags(tcp_flags);
-    if ct.kind == CT_REPLY {
+    if ct.kind & !CT_HAIRPIN == CT_REPLY {
         flags |= CT_FLAG_REPLIED;
     }
     if flags != ct.flags {

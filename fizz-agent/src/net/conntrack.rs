@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use fizz_common::{
-    CtKey, CtValue, CT_FLAG_FIN, CT_FLAG_REPLIED, CT_FLAG_RST, CT_FORWARD, CT_REPLY, IPPROTO_TCP,
+    CtKey, CtValue, CT_FLAG_FIN, CT_FLAG_REPLIED, CT_FLAG_RST, CT_FORWARD, CT_HAIRPIN, CT_REPLY, IPPROTO_TCP,
 };
 
 /// Idle timeouts by flow state.
@@ -34,11 +34,13 @@ impl Default for Timeouts {
 
 /// The key of the other direction of a NAT'd flow, from one entry.
 pub fn peer_key(key: &CtKey, value: &CtValue) -> CtKey {
-    if value.kind == CT_FORWARD {
-        // client → VIP; the reply comes from the backend to the client.
+    let hairpin = value.kind & CT_HAIRPIN != 0;
+    if value.kind & !CT_HAIRPIN == CT_FORWARD {
+        // client → VIP; the reply comes from the backend to the client (to
+        // the VIP for a hairpin flow, whose client sees the VIP as its peer).
         CtKey {
             src_be: value.nat_addr_be,
-            dst_be: key.src_be,
+            dst_be: if hairpin { key.dst_be } else { key.src_be },
             sport_be: value.nat_port_be,
             dport_be: key.sport_be,
             proto: key.proto,
@@ -47,7 +49,7 @@ pub fn peer_key(key: &CtKey, value: &CtValue) -> CtKey {
     } else {
         // backend → client; the forward entry is client → VIP.
         CtKey {
-            src_be: key.dst_be,
+            src_be: if hairpin { key.src_be } else { key.dst_be },
             dst_be: value.nat_addr_be,
             sport_be: key.dport_be,
             dport_be: value.nat_port_be,
@@ -86,7 +88,8 @@ pub fn expired(
 /// Whether an entry belongs to a flow through backend `backend_id` of
 /// service `svc_id` (to purge when that backend is removed).
 pub fn uses_backend(value: &CtValue, svc_id: u32, backend_id: u32) -> bool {
-    (value.kind == CT_FORWARD || value.kind == CT_REPLY)
+    let kind = value.kind & !CT_HAIRPIN;
+    (kind == CT_FORWARD || kind == CT_REPLY)
         && value.svc_id == svc_id
         && value.backend_id == backend_id
 }
@@ -136,6 +139,18 @@ mod tests {
     fn peer_keys_are_inverse() {
         let [(fk, fv), (rk, rv)] = pair(IPPROTO_TCP, 0, 0, 0);
         assert_eq!(peer_key(&fk, &fv), rk);
+        assert_eq!(peer_key(&rk, &rv), fk);
+    }
+
+    #[test]
+    fn hairpin_peer_keys_are_inverse() {
+        // Client 10.42.0.3 is sent to itself: the reply is addressed to the VIP.
+        let [(mut fk, mut fv), _] = pair(IPPROTO_TCP, 0, 0, 0);
+        fk.src_be = fv.nat_addr_be;
+        fv.kind |= CT_HAIRPIN;
+        let rk = peer_key(&fk, &fv);
+        assert_eq!((rk.src_be, rk.dst_be), (fv.nat_addr_be, fk.dst_be));
+        let rv = CtValue { nat_addr_be: fk.dst_be, nat_port_be: fk.dport_be, kind: CT_REPLY | CT_HAIRPIN, ..fv };
         assert_eq!(peer_key(&rk, &rv), fk);
     }
 

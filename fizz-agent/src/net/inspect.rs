@@ -133,7 +133,7 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
     let mut flows_per_backend: BTreeMap<(u32, u32), u64> = BTreeMap::new();
     let mut conntrack = Vec::new();
     for (k, v) in &ct {
-        if v.kind != CT_FORWARD {
+        if v.kind & !fizz_common::CT_HAIRPIN != CT_FORWARD {
             continue;
         }
         *flows_per_backend.entry((v.svc_id, v.backend_id)).or_default() += 1;

@@ -131,6 +131,29 @@ fn a_service_without_declared_ports_takes_any_port_and_exact_ports_win() {
 }
 
 #[test]
+fn a_client_sent_to_itself_sees_the_vip_as_its_peer() {
+    require_root!();
+    let f = fixture();
+    // The backend calls its own service, and is picked.
+    let out = run(&f, &Frame::tcp(BACKEND, 40030, VIP, 80).build());
+    assert_eq!(out.retval, REDIRECT);
+    let p = parse(&out.data).unwrap();
+    assert_eq!((p.src, p.sport, p.dst, p.dport), (VIP, 40030, BACKEND, 8080), "not a martian: the source is the VIP");
+    assert!(p.ip_csum_ok && p.l4_csum_ok, "{p:?}");
+    // Its server's reply goes to the VIP, and comes back as VIP:80 → client.
+    let mut reply = Frame::tcp(BACKEND, 8080, VIP, 40030);
+    reply.tcp_flags = 0x12;
+    let out = run(&f, &reply.build());
+    assert_eq!(out.retval, REDIRECT);
+    let p = parse(&out.data).unwrap();
+    assert_eq!((p.src, p.sport, p.dst, p.dport), (VIP, 80, BACKEND, 40030));
+    assert!(p.ip_csum_ok && p.l4_csum_ok, "{p:?}");
+    let snap = fizz::net::inspect::snapshot(f.dp.pin_dir()).unwrap();
+    let flow = snap.conntrack.iter().find(|c| c.client == "10.42.0.5:40030").expect("tracked");
+    assert_eq!(flow.state, "established", "both directions paired");
+}
+
+#[test]
 fn ip_options_shift_the_transport_header_and_are_kept() {
     require_root!();
     let f = fixture();
