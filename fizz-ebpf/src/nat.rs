@@ -60,6 +60,10 @@ pub enum Outcome {
 #[inline(always)]
 pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: bool) -> Result<Outcome, u32> {
     let len = ctx.len();
+    let syn = flow.key.proto == IPPROTO_TCP && flow.tcp_flags & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN;
+    if syn {
+        forget_stale(&flow.key);
+    }
     if let Some(ct) = CONNTRACK.get_ptr_mut(&flow.key) {
         // SAFETY: the pointer comes from a successful lookup; the value is
         // plain data and a racing update can at worst lose a flag bit.
@@ -201,6 +205,46 @@ fn rewrite_addr(ctx: &TcContext, ip: &Ipv4, dst: bool, old_be: u32, new_be: u32)
         .map_err(fail)?;
     ctx.l3_csum_replace(IP_OFF + IP_CSUM, u64::from(old_be), u64::from(new_be), 4).map_err(fail)?;
     packet::store(ctx, IP_OFF + if dst { IP_DST } else { IP_SRC }, &new_be)
+}
+
+/// A new TCP connection (a SYN) reuses the ports of an older flow: entries
+/// left by that flow must not capture it. Drops a closed forward entry on
+/// the same tuple (the connection is a new flow, balanced afresh), and a
+/// reply entry on the reverse tuple (else the answer to a direct connection
+/// would be rewritten as if from a VIP).
+#[inline(always)]
+fn forget_stale(key: &CtKey) {
+    if let Some(ct) = CONNTRACK.get_ptr(key) {
+        // SAFETY: the pointer comes from a successful lookup and is only read.
+        let ct = unsafe { *ct };
+        if ct.kind & !CT_HAIRPIN == CT_FORWARD && ct.flags & (CT_FLAG_FIN | CT_FLAG_RST) != 0 {
+            let hairpin = ct.kind & CT_HAIRPIN != 0;
+            let rev = CtKey {
+                src_be: ct.nat_addr_be,
+                dst_be: if hairpin { key.dst_be } else { key.src_be },
+                sport_be: ct.nat_port_be,
+                dport_be: key.sport_be,
+                proto: key.proto,
+                _pad: [0; 3],
+            };
+            let _ = CONNTRACK.remove(&rev);
+            let _ = CONNTRACK.remove(key);
+        }
+    }
+    let reverse = CtKey {
+        src_be: key.dst_be,
+        dst_be: key.src_be,
+        sport_be: key.dport_be,
+        dport_be: key.sport_be,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    if let Some(ct) = CONNTRACK.get_ptr(&reverse) {
+        // SAFETY: as above.
+        if unsafe { (*ct).kind } & !CT_HAIRPIN == CT_REPLY {
+            let _ = CONNTRACK.remove(&reverse);
+        }
+    }
 }
 
 /// Records TCP teardown flags and refreshes the entry's age.

@@ -70,7 +70,8 @@ pub fn project_plan(p: &cm::Project) -> Result<(ProjectPlan, Vec<String>), Trans
     let mut warn = |service: &str, key: &str, what: &str| warnings.push(format!("services.{service}.{key}: {what}"));
     let mut services = BTreeMap::new();
     for (name, s) in &p.services {
-        if s.image.is_empty() {
+        // Compose names the image of a build-only service `<project>-<service>`.
+        if s.image.is_empty() || (s.build.is_some() && s.image == format!("{}-{name}", p.name)) {
             return Err(TranslateError::NoImage { service: name.clone() });
         }
         if s.build.is_some() {

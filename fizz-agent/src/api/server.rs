@@ -47,6 +47,14 @@ async fn ask<T>(ctx: &Ctx, make: impl FnOnce(oneshot::Sender<Result<T, ApiError>
 }
 
 async fn up(State(ctx): State<Ctx>, Json(req): Json<UpRequest>) -> Result<Json<UpResponse>, ApiError> {
+    // Every image must be on this host (pulled if need be) before anything
+    // is stored: a project that cannot run is refused whole.
+    let mut images: Vec<(&String, &String)> = req.project.services.iter().map(|(n, s)| (n, &s.template.image)).collect();
+    images.sort_by(|a, b| a.1.cmp(b.1));
+    images.dedup_by(|a, b| a.1 == b.1);
+    for (service, image) in images {
+        ctx.docker.ensure_image(image).await.map_err(|e| ApiError::Invalid(format!("services.{service}.image: {e}")))?;
+    }
     ask(&ctx, |reply| Command::Up { project: Box::new(req.project), reply }).await.map(Json)
 }
 

@@ -3,6 +3,7 @@
 //! removes them through guards, so tests run in parallel and leave nothing.
 
 mod agent;
+mod cli;
 mod docker;
 mod prog;
 mod vip;

@@ -154,6 +154,30 @@ fn a_client_sent_to_itself_sees_the_vip_as_its_peer() {
 }
 
 #[test]
+fn a_direct_connection_reusing_a_closed_vip_flows_ports_is_not_rewritten() {
+    require_root!();
+    let f = fixture();
+    let _ = run(&f, &Frame::tcp(CLIENT, 40041, VIP, 80).build());
+    let mut fin = Frame::tcp(CLIENT, 40041, VIP, 80);
+    fin.tcp_flags = 0x11;
+    let _ = run(&f, &fin.build());
+    // The same client port, straight to the backend.
+    let out = run(&f, &Frame::tcp(CLIENT, 40041, BACKEND, 8080).build());
+    assert_eq!(parse(&out.data).unwrap().dst, BACKEND);
+    let mut synack = Frame::tcp(BACKEND, 8080, CLIENT, 40041);
+    synack.tcp_flags = 0x12;
+    let p = parse(&run(&f, &synack.build()).data).unwrap();
+    assert_eq!((p.src, p.sport), (BACKEND, 8080), "the answer of a direct connection keeps its source");
+    // And a new SYN to the VIP from that port is a new flow again.
+    let p = parse(&run(&f, &Frame::tcp(CLIENT, 40041, VIP, 80).build()).data).unwrap();
+    assert_eq!((p.dst, p.dport), (BACKEND, 8080));
+    let mut synack = Frame::tcp(BACKEND, 8080, CLIENT, 40041);
+    synack.tcp_flags = 0x12;
+    let p = parse(&run(&f, &synack.build()).data).unwrap();
+    assert_eq!((p.src, p.sport), (VIP, 80));
+}
+
+#[test]
 fn ip_options_shift_the_transport_header_and_are_kept() {
     require_root!();
     let f = fixture();

@@ -1,0 +1,89 @@
+//! The benchmark's picture, drawn by gnuplot from a data file and a script
+//! written next to it: bars of each VIP path's ratio to direct per metric,
+//! and lines of the connection-rate ratio against the services loaded.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context as _, Result};
+
+/// One group of bars: a VIP path and its ratio per metric (conn, rr, stream).
+pub struct Bars {
+    pub label: String,
+    pub ratios: [f64; 3],
+}
+
+/// One point of the scale lines: services loaded, Fizz's ratio, iptables'.
+pub struct ScalePoint {
+    pub services: usize,
+    pub fizz: f64,
+    pub iptables: f64,
+}
+
+/// Writes `<stem>.dat` and `<stem>.gp` in `dir` and runs gnuplot to make
+/// `<stem>.png`. Fails (with why) when gnuplot is missing or fails.
+pub fn draw(dir: &Path, stem: &str, bars: &[Bars], scale: &[ScalePoint]) -> Result<std::path::PathBuf> {
+    let dat = dir.join(format!("{stem}.dat"));
+    let script = dir.join(format!("{stem}.gp"));
+    let png = dir.join(format!("{stem}.png"));
+
+    let mut data = String::from("# path, ratio to direct: conn_rate rr stream\n");
+    for b in bars {
+        // A missing ratio is plotted as no bar.
+        let r = b.ratios.map(|r| if r.is_finite() { format!("{r:.4}") } else { "NaN".into() });
+        data += &format!("\"{}\" {} {} {}\n", b.label, r[0], r[1], r[2]);
+    }
+    data += "\n\n# services, conn_rate ratio to direct: fizz_vip iptables_vip\n";
+    for p in scale {
+        data += &format!("{} {:.4} {:.4}\n", p.services, p.fizz, p.iptables);
+    }
+    std::fs::write(&dat, data).with_context(|| format!("writing {}", dat.display()))?;
+
+    let gp = format!(
+        r#"set terminal pngcairo size 1300,520 font "sans,10"
+set output '{png}'
+set multiplot layout 1,2 title "Service VIPs relative to the direct path on the same node (median of rounds)"
+set title "VIP paths: ratio to direct"
+set style data histogram
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set boxwidth 0.9
+set yrange [0:*]
+set ylabel "ratio to direct"
+set grid ytics
+set key top right
+plot '{dat}' index 0 using 2:xtic(1) title 'connection rate', \
+     '' index 0 using 3 title 'request/response', \
+     '' index 0 using 4 title 'stream', \
+     1 with lines dashtype 2 lc rgb 'black' notitle
+set title "Connection rate vs services loaded"
+set style data linespoints
+set xtics auto
+set logscale x
+set xrange [0.7:*]
+set xlabel "services loaded"
+set ylabel "connection rate: ratio to direct"
+set key bottom left
+plot '{dat}' index 1 using 1:2 with linespoints lw 2 pt 7 title 'Fizz VIP', \
+     '' index 1 using 1:3 with linespoints lw 2 pt 5 title 'iptables DNAT (measured rule last)'
+unset multiplot
+"#,
+        png = png.display(),
+        dat = dat.display(),
+    );
+    std::fs::write(&script, gp).with_context(|| format!("writing {}", script.display()))?;
+
+    let out = match Command::new("gnuplot").arg(&script).output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!(
+                "gnuplot is not installed (apt-get install gnuplot-nox); the data and script are in {}",
+                dir.display()
+            )
+        }
+        Err(e) => bail!("running gnuplot: {e}"),
+    };
+    if !out.status.success() {
+        bail!("gnuplot failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(png)
+}

@@ -1,0 +1,220 @@
+//! The benchmark's two simulated nodes, each with a client and a backend
+//! container: the Fizz node, whose datapath redirects between containers and
+//! serves a VIP; and the kernel node, with no Fizz program, plain kernel
+//! forwarding, an iptables DNAT VIP and a userspace proxy. Both can load
+//! extra services for the scale runs. Everything is removed on drop.
+
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context as _, Result};
+use fizz::net::{
+    conntrack::Timeouts,
+    service::{BackendAddr, Frontend, Proto, ServiceSpec},
+    Datapath,
+};
+use fizz_tests::{sh, Container, NetNs, Node};
+
+use super::{interrupt, load::Mode, proxy, servers::Background};
+
+pub const FIZZ_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 2);
+pub const FIZZ_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 3);
+pub const KERNEL_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 42, 1, 2);
+pub const KERNEL_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 42, 1, 3);
+pub const FIZZ_VIP: Ipv4Addr = Ipv4Addr::new(10, 43, 0, 1);
+pub const IPTABLES_VIP: Ipv4Addr = Ipv4Addr::new(10, 43, 0, 2);
+pub const PROXY_ADDR: Ipv4Addr = Ipv4Addr::new(10, 44, 0, 1);
+
+/// The VIP range, the datapath's default.
+pub const VIP_RANGE: &str = "10.43.0.0/16";
+
+/// The first extra VIP of the scale runs; the others follow it.
+const EXTRA_VIP_BASE: Ipv4Addr = Ipv4Addr::new(10, 43, 1, 0);
+
+/// The most services the scale runs can load: extra VIPs stay in the range.
+pub const MAX_SERVICES: usize = 65_000;
+
+fn extra_vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(EXTRA_VIP_BASE) + i as u32)
+}
+
+/// Lets a namespace open connections at a high rate: the whole port range,
+/// and reuse of ports in TIME_WAIT for new outgoing connections.
+fn many_connections(ns: &NetNs) -> Result<()> {
+    ns.run(|| -> std::io::Result<()> {
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535")?;
+        std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")
+    })?
+    .with_context(|| format!("setting the port sysctls in {}", ns.name))
+}
+
+/// A node with the Fizz datapath on both containers' veths.
+pub struct FizzNode {
+    // Fields drop in this order: the servers leave the namespace first.
+    _servers: Background,
+    pub dp: Datapath,
+    pub client: Container,
+    _backend: Container,
+    node: Node,
+    extra: usize,
+}
+
+impl FizzNode {
+    pub fn build() -> Result<FizzNode> {
+        let node = Node::new()?;
+        let mut dp = node.datapath()?;
+        let client = node.container(FIZZ_CLIENT)?;
+        let backend = node.container(FIZZ_BACKEND)?;
+        for c in [&client, &backend] {
+            node.attach(&mut dp, &c.host_if)?;
+            dp.set_endpoint(c.addr, c.endpoint())?;
+        }
+        many_connections(&client.ns)?;
+        for mode in Mode::ALL {
+            dp.set_service(&service(FIZZ_VIP, mode.vip_port(), FIZZ_BACKEND, mode.backend_port()))?;
+        }
+        let servers = super::servers::start(&backend.ns.path())?;
+        Ok(FizzNode { _servers: servers, dp, client, _backend: backend, node, extra: 0 })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.node.name
+    }
+
+    /// Empties the datapath's conntrack (an agent's sweep with every timeout
+    /// at zero); returns how many entries went. Closed flows otherwise stay
+    /// until an agent sweeps them, 10 s after they closed, and:
+    /// - a new VIP connection from a source port in use earlier takes over
+    ///   the old flow's entries instead of making its own, unlike the
+    ///   kernel's conntrack, which replaces a closed flow with a new one;
+    /// - the reply entry of a closed VIP flow (backend port to client port)
+    ///   also matches the replies of a later direct connection between the
+    ///   same ports, and rewrites their source to the VIP: that connection
+    ///   never completes.
+    pub fn flush_conntrack(&mut self) -> Result<usize> {
+        let zero = Duration::ZERO;
+        let all = Timeouts { tcp_established: zero, tcp_unreplied: zero, tcp_closing: zero, udp: zero };
+        self.dp.gc_conntrack(&all).context("emptying the datapath's conntrack")
+    }
+
+    /// Grows the services to `n`: the measured one plus `n - 1` extra VIPs
+    /// on port 80, each with the real backend.
+    pub fn set_services(&mut self, n: usize) -> Result<()> {
+        let want = n.saturating_sub(1);
+        if n > MAX_SERVICES || want < self.extra {
+            bail!("the Fizz node can grow from {} to at most {MAX_SERVICES} services, not to {n}", self.extra + 1);
+        }
+        for i in self.extra..want {
+            if i % 1000 == 0 {
+                interrupt::check()?;
+            }
+            let port = Mode::Conn.backend_port();
+            self.dp
+                .set_service(&service(extra_vip(i), 80, FIZZ_BACKEND, port))
+                .with_context(|| format!("adding service {}:80", extra_vip(i)))?;
+            self.extra = i + 1;
+        }
+        Ok(())
+    }
+}
+
+fn service(vip: Ipv4Addr, port: u16, backend: Ipv4Addr, backend_port: u16) -> ServiceSpec {
+    ServiceSpec {
+        frontend: Frontend { vip, port, proto: Proto::Tcp },
+        backends: vec![BackendAddr { addr: backend, port: backend_port }],
+    }
+}
+
+/// A node with no Fizz program: the kernel forwards between containers, an
+/// iptables DNAT rule per mode port serves `IPTABLES_VIP`, and a userspace
+/// proxy listens on `PROXY_ADDR` (on the node's `lo`).
+pub struct KernelNode {
+    _proxy: Background,
+    _servers: Background,
+    pub client: Container,
+    _backend: Container,
+    node: Node,
+}
+
+impl KernelNode {
+    pub fn build() -> Result<KernelNode> {
+        let node = Node::new()?;
+        let client = node.container(KERNEL_CLIENT)?;
+        let backend = node.container(KERNEL_BACKEND)?;
+        many_connections(&client.ns)?;
+        // The proxy's own connections to the backend come from the node.
+        many_connections(&node.ns)?;
+        node.ns.ip(&["addr", "add", &format!("{PROXY_ADDR}/32"), "dev", "lo"])?;
+        let servers = super::servers::start(&backend.ns.path())?;
+        let proxy = proxy::start(&node.ns.path(), PROXY_ADDR, KERNEL_BACKEND)?;
+        let kn = KernelNode { _proxy: proxy, _servers: servers, client, _backend: backend, node };
+        kn.set_services(1)?;
+        Ok(kn)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.node.name
+    }
+
+    /// Replaces the node's nat PREROUTING chain (with `iptables-restore
+    /// --noflush` from a generated file) by: a first rule that lets traffic
+    /// outside the VIP range skip the VIP rules, the rules of the rr and
+    /// stream ports, `n - 1` DNAT rules for other VIPs, and last the measured
+    /// rule of the connection port: the worst case for a linear chain.
+    pub fn set_services(&self, n: usize) -> Result<()> {
+        if n == 0 || n > MAX_SERVICES {
+            bail!("the kernel node can load 1 to {MAX_SERVICES} services, not {n}");
+        }
+        let dnat = |vip: Ipv4Addr, mode: Mode| {
+            format!(
+                "-A PREROUTING -d {vip}/32 -p tcp --dport {} -j DNAT --to-destination {KERNEL_BACKEND}:{}\n",
+                mode.vip_port(),
+                mode.backend_port()
+            )
+        };
+        let mut rules = format!("*nat\n-F PREROUTING\n-A PREROUTING ! -d {VIP_RANGE} -j ACCEPT\n");
+        rules += &dnat(IPTABLES_VIP, Mode::Rr);
+        rules += &dnat(IPTABLES_VIP, Mode::Stream);
+        for i in 0..n - 1 {
+            rules += &dnat(extra_vip(i), Mode::Conn);
+        }
+        rules += &dnat(IPTABLES_VIP, Mode::Conn);
+        rules += "COMMIT\n";
+
+        let file = TempFile(std::env::temp_dir().join(format!("{}-{n}.rules", self.node.name)));
+        std::fs::write(&file.0, rules).with_context(|| format!("writing {}", file.0.display()))?;
+        let path = file.0.to_str().context("a temporary path that is not UTF-8")?;
+        sh(&["ip", "netns", "exec", &self.node.name, "iptables-restore", "--noflush", path])?;
+
+        // Check what the chain holds now.
+        let listed = sh(&["ip", "netns", "exec", &self.node.name, "iptables", "-t", "nat", "-S", "PREROUTING"])?;
+        let appended: Vec<&str> = listed.lines().filter(|l| l.starts_with("-A ")).collect();
+        let last = appended.last().copied().unwrap_or_default();
+        if appended.len() != n + 3 || !last.contains(&format!("-d {IPTABLES_VIP}/32")) || !last.contains("--dport 80") {
+            bail!(
+                "nat PREROUTING has {} rules, the last `{last}`; expected {} ending with the measured rule",
+                appended.len(),
+                n + 3
+            );
+        }
+        Ok(())
+    }
+
+    /// Connections the kernel's conntrack tracks in the node, and its limit.
+    pub fn conntrack(&self) -> Result<(u64, u64)> {
+        let read = |p: &str| -> Result<u64> {
+            Ok(std::fs::read_to_string(p).with_context(|| format!("reading {p}"))?.trim().parse()?)
+        };
+        self.node.ns.run(|| -> Result<(u64, u64)> {
+            Ok((read("/proc/sys/net/netfilter/nf_conntrack_count")?, read("/proc/sys/net/netfilter/nf_conntrack_max")?))
+        })?
+    }
+}
+
+/// A file removed on drop.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,408 @@
+//! `fizz-bench vip`: service VIPs through Fizz's datapath against the direct
+//! path, an iptables DNAT rule and a userspace proxy, on two simulated nodes
+//! (see `topology`). Measurements are interleaved: every round measures every
+//! scenario once, and the report gives the median of the rounds. Then the
+//! connection rate with 1 to 10,000 services loaded, and the program's run
+//! time per packet from the kernel's BPF statistics.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use fizz_tests::{wait_for, Container};
+
+use super::{
+    interrupt,
+    load::{self, Mode},
+    plot,
+    report::{self, Entry, Line, Results},
+    topology::{FizzNode, KernelNode, FIZZ_BACKEND, FIZZ_VIP, IPTABLES_VIP, KERNEL_BACKEND, PROXY_ADDR, VIP_RANGE},
+};
+
+/// Options of `fizz-bench vip`.
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Rounds of every measurement; the report gives their median.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Seconds of each measurement.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_secs)]
+    pub secs: f64,
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.01..=600.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds from 0.01 to 600")),
+    }
+}
+
+/// Services loaded in the scale runs.
+const SCALES: [usize; 4] = [1, 100, 1_000, 10_000];
+
+/// Service counts at which the program's cost per packet is measured.
+const COST_AT: [usize; 2] = [1, 10_000];
+
+/// How long to wait for every path to answer after the set-up.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest warm-up measurement.
+const WARM_UP: Duration = Duration::from_millis(300);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    /// Fizz node: client to backend by address, through the datapath's
+    /// container-to-container redirect.
+    Direct,
+    /// Kernel node: client to backend by address, forwarded by the kernel.
+    DirectKernel,
+    /// Fizz node: client to the Fizz VIP.
+    FizzVip,
+    /// Kernel node: client to the iptables DNAT VIP.
+    IptablesVip,
+    /// Kernel node: client to the userspace proxy.
+    Proxy,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 5] =
+        [Scenario::Direct, Scenario::DirectKernel, Scenario::FizzVip, Scenario::IptablesVip, Scenario::Proxy];
+
+    fn key(self) -> &'static str {
+        match self {
+            Scenario::Direct => "direct",
+            Scenario::DirectKernel => "direct_kernel",
+            Scenario::FizzVip => "fizz_vip",
+            Scenario::IptablesVip => "iptables_vip",
+            Scenario::Proxy => "userspace_proxy",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Scenario::Direct => "direct (fizz node)",
+            Scenario::DirectKernel => "direct (kernel node)",
+            Scenario::FizzVip => "fizz VIP",
+            Scenario::IptablesVip => "iptables DNAT VIP",
+            Scenario::Proxy => "userspace proxy",
+        }
+    }
+
+    fn on_fizz_node(self) -> bool {
+        matches!(self, Scenario::Direct | Scenario::FizzVip)
+    }
+
+    /// The direct path of the same node, which ratios are taken against.
+    fn direct(self) -> Option<Scenario> {
+        match self {
+            Scenario::Direct | Scenario::DirectKernel => None,
+            Scenario::FizzVip => Some(Scenario::Direct),
+            Scenario::IptablesVip | Scenario::Proxy => Some(Scenario::DirectKernel),
+        }
+    }
+}
+
+struct Bench {
+    fizz: FizzNode,
+    kernel: KernelNode,
+    rounds: u32,
+    dur: Duration,
+    results: Results,
+    /// Failed connections per series.
+    errors: BTreeMap<String, u64>,
+    /// The most conntrack entries seen in the kernel node, and the limit.
+    conntrack_peak: Option<(u64, u64)>,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    if !fizz_tests::privileged() {
+        bail!("the benchmark needs root (network namespaces, eBPF, iptables)");
+    }
+    interrupt::install()?;
+    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+
+    eprintln!("setting up: two nodes, each with a client and a backend container");
+    let fizz = FizzNode::build().context("setting up the Fizz node")?;
+    let kernel = KernelNode::build().context("setting up the kernel node")?;
+    eprintln!("  fizz node {}, kernel node {}", fizz.name(), kernel.name());
+    let mut bench = Bench {
+        fizz,
+        kernel,
+        rounds: opts.rounds,
+        dur: Duration::from_secs_f64(opts.secs),
+        results: Results::default(),
+        errors: BTreeMap::new(),
+        conntrack_peak: None,
+    };
+    bench.wait_ready()?;
+    bench.warm_up()?;
+    bench.main_rounds()?;
+    bench.scale()?;
+    bench.report(&out_dir)
+}
+
+impl Bench {
+    /// The client container and the address a scenario connects to.
+    fn target(&self, s: Scenario, mode: Mode) -> (&Container, SocketAddr) {
+        let (b, v) = (mode.backend_port(), mode.vip_port());
+        match s {
+            Scenario::Direct => (&self.fizz.client, SocketAddr::from((FIZZ_BACKEND, b))),
+            Scenario::DirectKernel => (&self.kernel.client, SocketAddr::from((KERNEL_BACKEND, b))),
+            Scenario::FizzVip => (&self.fizz.client, SocketAddr::from((FIZZ_VIP, v))),
+            Scenario::IptablesVip => (&self.kernel.client, SocketAddr::from((IPTABLES_VIP, v))),
+            Scenario::Proxy => (&self.kernel.client, SocketAddr::from((PROXY_ADDR, v))),
+        }
+    }
+
+    /// One measurement from inside the scenario's client container; failed
+    /// connections are counted under `series`.
+    fn measure(&mut self, series: &str, s: Scenario, mode: Mode, dur: Duration) -> Result<f64> {
+        interrupt::check()?;
+        if s.on_fizz_node() {
+            // Every VIP connection then makes its own flow, as with the
+            // kernel's conntrack, and no closed flow can capture a direct one.
+            self.fizz.flush_conntrack()?;
+        }
+        let (client, addr) = self.target(s, mode);
+        let outcome = client.ns.run(move || load::measure(mode, addr, dur))??;
+        if outcome.errors > 0 {
+            *self.errors.entry(series.to_string()).or_default() += outcome.errors;
+        }
+        if mode == Mode::Conn && !s.on_fizz_node() {
+            if let Ok((count, max)) = self.kernel.conntrack() {
+                let peak = self.conntrack_peak.get_or_insert((0, max));
+                peak.0 = peak.0.max(count);
+            }
+        }
+        Ok(outcome.value)
+    }
+
+    /// Measures and records under `series`.
+    fn record(&mut self, series: &str, s: Scenario, mode: Mode) -> Result<()> {
+        let v = self.measure(series, s, mode, self.dur)?;
+        self.results.push(series, mode.unit(), v);
+        Ok(())
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        for s in Scenario::ALL {
+            for mode in Mode::ALL {
+                let (client, addr) = self.target(s, mode);
+                let what = format!("{} ({}) to answer on {addr}", s.label(), mode.label());
+                client.ns.run(|| wait_for(&what, READY_TIMEOUT, || load::probe(mode, addr).is_ok()))??;
+            }
+        }
+        Ok(())
+    }
+
+    /// A short unrecorded pass of everything: caches, ARP and routes warm.
+    fn warm_up(&mut self) -> Result<()> {
+        eprintln!("warming up");
+        for mode in Mode::ALL {
+            for s in Scenario::ALL {
+                self.measure("warm-up", s, mode, self.dur.min(WARM_UP))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn main_rounds(&mut self) -> Result<()> {
+        for r in 1..=self.rounds {
+            eprintln!("round {r}/{}: every scenario, every metric", self.rounds);
+            for mode in Mode::ALL {
+                for s in Scenario::ALL {
+                    self.record(&format!("{}/{}", mode.key(), s.key()), s, mode)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scale(&mut self) -> Result<()> {
+        for n in SCALES {
+            eprintln!("scale: loading {} on both nodes", services(n));
+            self.fizz.set_services(n)?;
+            self.kernel.set_services(n)?;
+            for r in 1..=self.rounds {
+                eprintln!("scale {n}, round {r}/{}", self.rounds);
+                for s in [Scenario::Direct, Scenario::FizzVip, Scenario::DirectKernel, Scenario::IptablesVip] {
+                    self.record(&format!("scale/{n}/{}", s.key()), s, Mode::Conn)?;
+                }
+            }
+            if COST_AT.contains(&n) {
+                self.program_cost(n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The program's run time per packet during Fizz VIP connection-rate
+    /// measurements, from the kernel's BPF run-time statistics (enabled only
+    /// for these, as they add a clock read to every run).
+    fn program_cost(&mut self, n: usize) -> Result<()> {
+        eprintln!("program cost with {}", services(n));
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
+        for _ in 0..self.rounds {
+            let before = self.fizz.dp.program().info().context("reading the program's statistics")?;
+            self.measure(&format!("prog_ns_per_packet/{n}"), Scenario::FizzVip, Mode::Conn, self.dur)?;
+            let after = self.fizz.dp.program().info().context("reading the program's statistics")?;
+            let runs = after.run_count().saturating_sub(before.run_count());
+            let time = after.run_time().saturating_sub(before.run_time());
+            if runs == 0 {
+                bail!("the program ran 0 times during a Fizz VIP measurement: are BPF statistics supported?");
+            }
+            self.results.push(&format!("prog_ns_per_packet/{n}"), "ns/run", time.as_nanos() as f64 / runs as f64);
+        }
+        Ok(())
+    }
+
+    fn line(&self, key: &str, source: &str, direct: Option<String>, scenario: String, metric: &str) -> Option<Line> {
+        let entry = self.results.entry(source, direct.as_deref())?;
+        Some(Line { key: key.to_string(), scenario, metric: metric.to_string(), entry })
+    }
+
+    fn report(&self, out_dir: &Path) -> Result<()> {
+        let mut sections: Vec<Vec<Line>> = Vec::new();
+        for mode in Mode::ALL {
+            let mut lines = Vec::new();
+            let key = |s: Scenario| format!("{}/{}", mode.key(), s.key());
+            for s in Scenario::ALL {
+                let direct = s.direct().map(key);
+                lines.extend(self.line(&key(s), &key(s), direct, s.label().into(), mode.label()));
+                if s == Scenario::FizzVip {
+                    // For transparency: the Fizz VIP against the kernel's direct path.
+                    lines.extend(self.line(
+                        &format!("{}/fizz_vip_vs_direct_kernel", mode.key()),
+                        &key(s),
+                        Some(key(Scenario::DirectKernel)),
+                        "fizz VIP vs direct (kernel node)".into(),
+                        mode.label(),
+                    ));
+                }
+            }
+            sections.push(lines);
+        }
+
+        let mut scale_lines = Vec::new();
+        let mut points = Vec::new();
+        for n in SCALES {
+            let key = |s: Scenario| format!("scale/{n}/{}", s.key());
+            for s in [Scenario::Direct, Scenario::FizzVip, Scenario::DirectKernel, Scenario::IptablesVip] {
+                let label = format!("{}, {}", s.label(), services(n));
+                scale_lines.extend(self.line(&key(s), &key(s), s.direct().map(key), label, Mode::Conn.label()));
+            }
+            let ratio = |s: Scenario| {
+                self.results.entry(&key(s), s.direct().map(key).as_deref()).and_then(|e| e.ratio_to_direct)
+            };
+            if let (Some(fizz), Some(iptables)) = (ratio(Scenario::FizzVip), ratio(Scenario::IptablesVip)) {
+                points.push(plot::ScalePoint { services: n, fizz, iptables });
+            }
+        }
+        for (name, pick) in [("fizz_vip", 0), ("iptables_vip", 1)] {
+            let ratios: Vec<f64> = points.iter().map(|p| if pick == 0 { p.fizz } else { p.iptables }).collect();
+            let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            if ratios.len() == SCALES.len() && min > 0.0 {
+                let label = if pick == 0 { "fizz VIP" } else { "iptables DNAT VIP" };
+                scale_lines.push(Line {
+                    key: format!("scale/flatness/{name}"),
+                    scenario: format!("{label}, flatness over 1-10,000 services"),
+                    metric: "max/min of ratio".into(),
+                    entry: Entry::single(max / min, "x"),
+                });
+            }
+        }
+        sections.push(scale_lines);
+
+        let mut cost = Vec::new();
+        for n in COST_AT {
+            let key = format!("prog_ns_per_packet/{n}");
+            cost.extend(self.line(&key, &key, None, format!("fizz program, {}", services(n)), "run time per packet"));
+        }
+        sections.push(cost);
+
+        println!(
+            "\nService VIP benchmark: median of {} interleaved rounds of {} s per measurement.",
+            self.rounds,
+            self.dur.as_secs_f64()
+        );
+        println!(
+            "ratio = median over rounds of value / the direct path's value in the same round (Fizz VIP: the Fizz \
+             node's; iptables, proxy: the kernel node's)."
+        );
+        println!();
+        print!("{}", report::table(&sections));
+        println!();
+        println!(
+            "iptables: the measured rule is the LAST of the nat PREROUTING chain (worst case), behind N-1 DNAT rules \
+             for other VIPs; its first rule sends traffic outside {VIP_RANGE} past them, so the kernel node's direct \
+             path does not pay for them."
+        );
+        println!(
+            "The kernel node runs the kernel's conntrack (its nat table is loaded); the Fizz node has no iptables \
+             rules and no conntrack."
+        );
+        println!(
+            "Fizz's conntrack is emptied before each Fizz-node measurement: every VIP connection creates its flow \
+             (closed flows would otherwise be reused by new connections from the same ports until an agent's \
+             sweep, and stale reply entries capture direct connections between the same ports)."
+        );
+        println!(
+            "Program cost: BPF run-time statistics during Fizz VIP connection-rate runs (every packet of both \
+             directions), enabled only for those runs."
+        );
+        if let Some((peak, max)) = self.conntrack_peak {
+            let note = if peak * 100 >= max * 95 {
+                " — the table was FULL: kernel-node connection rates are suspect"
+            } else {
+                ""
+            };
+            println!("Kernel node conntrack: at most {peak} of {max} entries seen{note}.");
+        }
+        for (series, n) in &self.errors {
+            println!("warning: {n} connections failed in {series}");
+        }
+
+        let lines: Vec<Line> = sections.into_iter().flatten().collect();
+        let json = out_dir.join("vip.json");
+        report::write_json(&json, &lines)?;
+        println!("\nwrote {}", display(&json));
+        let bars: Vec<plot::Bars> = [Scenario::FizzVip, Scenario::IptablesVip, Scenario::Proxy]
+            .into_iter()
+            .map(|s| plot::Bars {
+                label: s.label().to_string(),
+                ratios: Mode::ALL.map(|m| {
+                    lines
+                        .iter()
+                        .find(|l| l.key == format!("{}/{}", m.key(), s.key()))
+                        .and_then(|l| l.entry.ratio_to_direct)
+                        .unwrap_or(f64::NAN)
+                }),
+            })
+            .collect();
+        match plot::draw(out_dir, "vip", &bars, &points) {
+            Ok(png) => println!("wrote {}", display(&png)),
+            Err(e) => println!("plot skipped: {e:#}"),
+        }
+        Ok(())
+    }
+}
+
+/// "1 service", "100 services".
+fn services(n: usize) -> String {
+    if n == 1 {
+        "1 service".to_string()
+    } else {
+        format!("{n} services")
+    }
+}
+
+/// A path without the `tests/..` detour.
+fn display(p: &Path) -> String {
+    p.canonicalize().unwrap_or_else(|_| PathBuf::from(p)).display().to_string()
+}

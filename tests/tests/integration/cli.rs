@@ -1,0 +1,98 @@
+//! The `fizz` command line against an agent on a simulated node: the
+//! README's example app deployed with `fizz up`, answering by name through
+//! VIPs; `up` twice recreates nothing; invalid input creates nothing;
+//! `down` leaves nothing.
+
+use std::{path::Path, process::Command};
+
+use fizz_tests::{fizz_bin, require_docker, AgentProc, DockerNodeGuard, Node};
+
+fn fizz(agent: &AgentProc, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(fizz_bin().unwrap()).arg("--socket").arg(&agent.socket).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn example() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/compose.yaml").display().to_string()
+}
+
+fn container_ids(agent: &AgentProc, project: &str) -> Vec<String> {
+    let (ok, out, err) = fizz(agent, &["ps", "-p", project, "--json"]);
+    assert!(ok, "{err}");
+    let ps: fizz::api::PsResponse = serde_json::from_str(&out).unwrap();
+    ps.replicas.into_iter().filter_map(|r| r.container_id).collect()
+}
+
+#[test]
+fn the_example_app_runs_and_answers_by_name() {
+    require_docker!();
+    let node = Node::new().unwrap();
+    let _containers = DockerNodeGuard(node.name.clone());
+    let agent = AgentProc::start(&node, &[]).unwrap();
+    let project = format!("{}d", node.name.to_lowercase());
+
+    let (ok, out, err) = fizz(&agent, &["up", "-f", &example(), "-p", &project, "--wait"]);
+    assert!(ok, "fizz up failed: {out}\n{err}");
+    assert!(out.contains("5 replicas up"), "{out}");
+    assert!(out.contains(&format!("service {project}/web: VIP 10.43.")), "{out}");
+
+    // web → api (by name, through its VIP) → store (by name).
+    let mut webs = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (ok, out, err) = fizz(&agent, &["exec", "-p", &project, "web", "--", "wget", "-qO-", "http://web:8080/cgi-bin/hello"]);
+        assert!(ok, "{err}");
+        assert!(out.contains("read the store: hello from the store"), "{out}");
+        webs.insert(out.split_whitespace().nth(1).unwrap_or_default().to_string());
+    }
+    assert_eq!(webs.len(), 3, "the web VIP spreads over its 3 replicas: {webs:?}");
+
+    // `up` again: nothing is recreated.
+    let before = container_ids(&agent, &project);
+    assert_eq!(before.len(), 5);
+    let (ok, out, err) = fizz(&agent, &["up", "-f", &example(), "-p", &project, "--wait"]);
+    assert!(ok && !out.contains("(updated)"), "{out}\n{err}");
+    assert_eq!(container_ids(&agent, &project), before);
+
+    // `config` prints the normalized project without an agent.
+    let (ok, out, _) = fizz(&agent, &["config", "-f", &example(), "-p", &project]);
+    assert!(ok && out.contains("replicas: 3") && out.contains("condition: service_healthy"), "{out}");
+
+    let (ok, _, err) = fizz(&agent, &["down", "-p", &project]);
+    assert!(ok, "{err}");
+    assert!(container_ids(&agent, &project).is_empty());
+    let left = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=fizz.project={project}")]).output().unwrap();
+    assert!(left.stdout.is_empty(), "no container left");
+}
+
+/// (file content, what the error must mention)
+#[test]
+fn invalid_compose_files_name_the_problem_and_create_nothing() {
+    require_docker!();
+    let node = Node::new().unwrap();
+    let _containers = DockerNodeGuard(node.name.clone());
+    let agent = AgentProc::start(&node, &[]).unwrap();
+    let dir = std::env::temp_dir().join(format!("{}-compose", node.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("services:\n  web:\n    image: x\n    depends_on: [db]\n", "depends_on"),
+        ("services:\n  web:\n    image: x\n    ports: 80\n", "ports"),
+        ("services:\n  web:\n    image: [x\n", "line 3 column 12"),
+        ("services:\n  web:\n    image: x\n    healthcheck:\n      interval: soon\n", "interval"),
+        ("services:\n  web:\n    image: ${MISSING?set MISSING first}\n", "set MISSING first"),
+        ("services:\n  web:\n    build: .\n", "image"),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let file = dir.join("compose.yaml");
+        std::fs::write(&file, text).unwrap();
+        let project = format!("{}bad{i}", node.name.to_lowercase());
+        let (ok, out, err) = fizz(&agent, &["up", "-f", file.to_str().unwrap(), "-p", &project]);
+        assert!(!ok, "case {i} must fail: {out}");
+        assert!(err.contains(want), "case {i}: the error should mention `{want}`: {err}");
+        let (_, ps, _) = fizz(&agent, &["ps", "--json"]);
+        let ps: fizz::api::PsResponse = serde_json::from_str(&ps).unwrap();
+        assert!(ps.projects.is_empty() && ps.replicas.is_empty(), "case {i} created something: {ps:?}");
+    }
+    let (ok, _, err) = fizz(&agent, &["down", "-p", "nothing-here"]);
+    assert!(!ok && err.contains("not deployed"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
