@@ -41,6 +41,12 @@ pub struct TestRun {
 
 /// Runs `prog` once over `packet` (an Ethernet frame, at least 14 bytes).
 pub fn test_run(prog: &SchedClassifier, packet: &[u8]) -> std::io::Result<TestRun> {
+    test_run_repeat(prog, packet, 1).map(|(r, _)| r)
+}
+
+/// Runs `prog` `repeat` times over `packet` in the kernel and returns the
+/// last run and the kernel's mean time per run in nanoseconds.
+pub fn test_run_repeat(prog: &SchedClassifier, packet: &[u8], repeat: u32) -> std::io::Result<(TestRun, u32)> {
     let fd = prog.fd().map_err(std::io::Error::other)?;
     let raw = fd.as_fd().as_raw_fd();
     let mut out = vec![0u8; packet.len() + 256];
@@ -50,7 +56,7 @@ pub fn test_run(prog: &SchedClassifier, packet: &[u8]) -> std::io::Result<TestRu
         data_size_out: out.len() as u32,
         data_in: packet.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
+        repeat,
         ..Default::default()
     };
     // SAFETY: `attr` is a valid, fully initialised bpf_attr prefix whose
@@ -68,5 +74,5 @@ pub fn test_run(prog: &SchedClassifier, packet: &[u8]) -> std::io::Result<TestRu
         return Err(std::io::Error::last_os_error());
     }
     out.truncate(attr.data_size_out as usize);
-    Ok(TestRun { retval: attr.retval, data: out })
+    Ok((TestRun { retval: attr.retval, data: out }, attr.duration))
 }
