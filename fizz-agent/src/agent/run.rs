@@ -68,6 +68,8 @@ struct Agent {
     /// Why replicas are not running (waiting on a dependency, errors).
     notes: BTreeMap<Identity, String>,
     docker_ok: bool,
+    /// The last Docker error reported, so an outage is logged once.
+    docker_error: Option<String>,
     /// The names the DNS server answers, replaced after each pass.
     records: SharedRecords,
     _dns: DnsServer,
@@ -126,6 +128,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         observed: Vec::new(),
         notes: BTreeMap::new(),
         docker_ok: true,
+        docker_error: None,
         records,
         _dns: dns,
     };
@@ -386,13 +389,18 @@ impl Agent {
         let containers = match self.docker.list_owned(&self.cfg.node).await {
             Ok(c) => c,
             Err(e) => {
-                if self.docker_ok {
-                    eprintln!("fizz agent: {e}");
+                let msg = e.to_string();
+                if self.docker_error.as_deref() != Some(msg.as_str()) {
+                    eprintln!("fizz agent: {msg} (retrying)");
+                    self.docker_error = Some(msg);
                 }
                 self.docker_ok = false;
                 return;
             }
         };
+        if self.docker_error.take().is_some() {
+            eprintln!("fizz agent: the Docker engine is back; adopting what runs");
+        }
         self.docker_ok = true;
         let plan = reconcile::plan(&self.ctx(), &self.desired, &containers);
         self.notes.clear();

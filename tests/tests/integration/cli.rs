@@ -96,3 +96,42 @@ fn invalid_compose_files_name_the_problem_and_create_nothing() {
     assert!(!ok && err.contains("not deployed"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn volumes_bind_mounts_logs_and_down_with_volumes() {
+    require_docker!();
+    let node = Node::new().unwrap();
+    let _containers = DockerNodeGuard(node.name.clone());
+    let agent = AgentProc::start(&node, &[]).unwrap();
+    let project = format!("{}v", node.name.to_lowercase());
+    let dir = std::env::temp_dir().join(format!("{}-vol", node.name));
+    std::fs::create_dir_all(dir.join("conf")).unwrap();
+    std::fs::write(dir.join("conf/c"), "from the bind mount\n").unwrap();
+    std::fs::write(
+        dir.join("compose.yaml"),
+        format!(
+            "services:\n  writer:\n    image: {}\n    command: [\"sh\", \"-c\", \"echo started; echo kept > /data/f; cat /conf/c; exec sleep 3600\"]\n    volumes: [\"store:/data\", \"./conf:/conf:ro\"]\n    stop_grace_period: 1s\nvolumes:\n  store: {{}}\n",
+            fizz_tests::BUSYBOX_IMAGE
+        ),
+    )
+    .unwrap();
+    let file = dir.join("compose.yaml");
+    let (ok, out, err) = fizz(&agent, &["up", "-f", file.to_str().unwrap(), "-p", &project]);
+    assert!(ok, "{out}\n{err}");
+    let mut logs = String::new();
+    fizz_tests::wait_for("the writer's output", std::time::Duration::from_secs(20), || {
+        logs = fizz(&agent, &["logs", "-p", &project, "writer"]).1;
+        logs.contains("from the bind mount")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {logs}"));
+    assert!(logs.contains("started") && logs.contains(&format!("{project}-writer-1 | ")), "{logs}");
+    let (ok, out, _) = fizz(&agent, &["exec", "-p", &project, "writer", "--", "cat", "/data/f"]);
+    assert!(ok && out.trim() == "kept", "{out}");
+    let volume = format!("{project}_store");
+    let has_volume = || Command::new("docker").args(["volume", "inspect", &volume]).output().unwrap().status.success();
+    assert!(has_volume(), "the named volume exists");
+    let (ok, _, err) = fizz(&agent, &["down", "-p", &project, "--volumes"]);
+    assert!(ok, "{err}");
+    assert!(!has_volume(), "down --volumes removed {volume}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
