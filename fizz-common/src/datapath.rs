@@ -3,7 +3,7 @@
 
 /// Version of the map layout. Maps are pinned under `maps-v<ABI_VERSION>/`,
 /// so a datapath whose keys or values changed never reads old pins as new.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Names of the maps in the eBPF object, as pinned under a node's pin
 /// directory. The agent and `fizz net inspect` open them by these names.
@@ -18,13 +18,13 @@ pub mod map_names {
     pub const CONNTRACK: &str = "FZ_CONNTRACK";
     /// `EndpointKey` → `Endpoint`: containers attached on this node.
     pub const ENDPOINTS: &str = "FZ_ENDPOINTS";
-    /// Per-CPU array indexed by service id: `Counter`.
-    pub const SVC_STATS: &str = "FZ_SVC_STATS";
-    /// Per-CPU array indexed by backend id: `Counter`.
+    /// Per-CPU array indexed by backend id: `Counter`. Backend ids are per
+    /// service, so a service's traffic is the sum over its backends.
     pub const BACKEND_STATS: &str = "FZ_BE_STATS";
     /// Per-CPU array indexed by `DropReason`: `Counter`.
     pub const DROPS: &str = "FZ_DROPS";
-    /// Per-CPU array indexed by `Verdict`: `Counter` of every verdict taken.
+    /// Per-CPU array indexed by `Verdict`: `Counter` of the verdicts on
+    /// packets that are not service traffic (that is counted per backend).
     pub const VERDICTS: &str = "FZ_VERDICTS";
     /// Per-CPU array indexed by service id: `u32`, the next slot to hand a
     /// new flow (round robin).
@@ -80,7 +80,7 @@ assert_size!(SvcKey, 8);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SvcValue {
-    /// Index into `FZ_SVC_STATS`, and the first half of `BackendKey`.
+    /// The first half of `BackendKey`.
     pub id: u32,
     /// Number of backend slots in use, `0..=MAX_BACKENDS_PER_SERVICE`.
     /// Zero means the service exists but has no healthy backend: rejected.
@@ -174,9 +174,9 @@ pub struct CtValue {
     pub flags: u8,
     pub svc_id: u32,
     pub backend_id: u32,
-    /// `bpf_ktime_get_ns()` when the entry was created.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC) when the entry was created.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns()` of the last packet, refreshed at most once a second.
+    /// `bpf_ktime_get_coarse_ns()` of the last packet, refreshed at most once a second.
     pub last_seen_ns: u64,
 }
 assert_size!(CtValue, 32);

@@ -27,10 +27,12 @@ use crate::{
 pub fn from_container(ctx: TcContext) -> i32 {
     let len = ctx.len();
     match try_from_container(&ctx) {
-        Ok((action, v)) => {
+        Ok((action, Some(v))) => {
             count(&VERDICTS, v, len);
             action
         }
+        // Service traffic: already counted per backend.
+        Ok((action, None)) => action,
         Err(reason) => {
             count(&DROPS, reason, len);
             count(&VERDICTS, verdict::DROP, len);
@@ -39,21 +41,21 @@ pub fn from_container(ctx: TcContext) -> i32 {
     }
 }
 
-/// Returns the TC action and the verdict to count, or the drop reason.
+/// Returns the TC action and the verdict to count (none for service
+/// traffic, counted per backend), or the drop reason.
 #[inline(always)]
-fn try_from_container(ctx: &TcContext) -> Result<(i32, u32), u32> {
+fn try_from_container(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
     let Ok(eth_proto_be) = ctx.load::<u16>(12) else {
-        return Ok((TC_ACT_OK as i32, verdict::PASS));
+        return Ok((TC_ACT_OK as i32, Some(verdict::PASS)));
     };
     if u16::from_be(eth_proto_be) != ETH_P_IP {
-        return Ok((TC_ACT_OK as i32, verdict::PASS));
+        return Ok((TC_ACT_OK as i32, Some(verdict::PASS)));
     }
     let ip = packet::parse_ipv4(ctx)?;
     let proto = ip.hdr.proto;
-    let in_vip_range = is_vip_range(ip.hdr.dst_be);
 
     if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || ip.later_fragment {
-        if in_vip_range && VIPS.get_ptr(VipKey { vip_be: ip.hdr.dst_be }).is_some() {
+        if is_vip_range(ip.hdr.dst_be) && VIPS.get_ptr(VipKey { vip_be: ip.hdr.dst_be }).is_some() {
             let reason = if ip.is_fragment {
                 drop_reason::VIP_FRAGMENT
             } else {
@@ -65,19 +67,19 @@ fn try_from_container(ctx: &TcContext) -> Result<(i32, u32), u32> {
     }
 
     let flow = Flow::parse(ctx, &ip)?;
-    match nat::translate(ctx, &ip, &flow, in_vip_range)? {
+    match nat::translate(ctx, &ip, &flow, is_vip_range)? {
         nat::Outcome::Translated { dst_be } => deliver(ctx, &ip, dst_be, true),
         nat::Outcome::NotService => deliver(ctx, &ip, ip.hdr.dst_be, false),
         nat::Outcome::Reject(reason) => {
             count(&DROPS, reason, ctx.len());
-            reject::reject(ctx, &ip, &flow)
+            reject::reject(ctx, &ip, &flow).map(|(a, v)| (a, Some(v)))
         }
     }
 }
 
 /// Whether `addr_be` falls in the configured service VIP range.
 #[inline(always)]
-fn is_vip_range(addr_be: u32) -> bool {
+pub fn is_vip_range(addr_be: u32) -> bool {
     match CONFIG.get(0) {
         Some(cfg) => cfg.vip_mask_be != 0 && addr_be & cfg.vip_mask_be == cfg.vip_net_be,
         None => false,
@@ -86,9 +88,9 @@ fn is_vip_range(addr_be: u32) -> bool {
 
 /// Hands the packet to a local container, or to the kernel stack.
 #[inline(always)]
-fn deliver(ctx: &TcContext, ip: &Ipv4, dst_be: u32, translated: bool) -> Result<(i32, u32), u32> {
+fn deliver(ctx: &TcContext, ip: &Ipv4, dst_be: u32, translated: bool) -> Result<(i32, Option<u32>), u32> {
     let Some(ep) = ENDPOINTS.get_ptr(EndpointKey { addr_be: dst_be }) else {
-        let v = if translated { verdict::NAT_PASS } else { verdict::PASS };
+        let v = if translated { None } else { Some(verdict::PASS) };
         return Ok((TC_ACT_OK as i32, v));
     };
     // SAFETY: the pointer comes from a successful map lookup and is only read.
@@ -123,7 +125,7 @@ fn deliver(ctx: &TcContext, ip: &Ipv4, dst_be: u32, translated: bool) -> Result<
     // SAFETY: a plain helper call; the kernel checks the ifindex.
     let rc = unsafe { bpf_redirect_peer(ep.ifindex, 0) };
     if rc == i64::from(TC_ACT_REDIRECT) {
-        Ok((TC_ACT_REDIRECT as i32, verdict::REDIRECT_LOCAL))
+        Ok((TC_ACT_REDIRECT as i32, (!translated).then_some(verdict::REDIRECT_LOCAL)))
     } else {
         Err(drop_reason::REWRITE_FAILED)
     }

@@ -27,9 +27,6 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CONNTR
 #[map(name = "FZ_ENDPOINTS")]
 pub static ENDPOINTS: HashMap<EndpointKey, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
-#[map(name = "FZ_SVC_STATS")]
-pub static SVC_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_SERVICES, 0);
-
 #[map(name = "FZ_BE_STATS")]
 pub static BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_BACKEND_IDS, 0);
 

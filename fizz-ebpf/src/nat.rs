@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::generated::bpf_ktime_get_ns,
+    helpers::generated::bpf_ktime_get_coarse_ns,
     programs::TcContext,
 };
 use fizz_common::{
@@ -12,7 +12,7 @@ use fizz_common::{
 };
 
 use crate::{
-    maps::{count, BACKENDS, BACKEND_STATS, CONNTRACK, ENDPOINTS, RR, SERVICES, SVC_STATS, VIPS},
+    maps::{count, BACKENDS, BACKEND_STATS, CONNTRACK, ENDPOINTS, RR, SERVICES, VIPS},
     packet::{self, Ipv4, IP_CSUM, IP_DST, IP_OFF, IP_SRC, L4_DPORT, L4_SPORT, TCP_CSUM, UDP_CSUM},
 };
 
@@ -58,7 +58,7 @@ pub enum Outcome {
 }
 
 #[inline(always)]
-pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: bool) -> Result<Outcome, u32> {
+pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: fn(u32) -> bool) -> Result<Outcome, u32> {
     let len = ctx.len();
     let syn = flow.key.proto == IPPROTO_TCP && flow.tcp_flags & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN;
     if syn {
@@ -69,7 +69,6 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: bool) ->
         // plain data and a racing update can at worst lose a flag bit.
         let ct = unsafe { &mut *ct };
         touch(ct, flow.tcp_flags);
-        count(&SVC_STATS, ct.svc_id, len);
         count(&BACKEND_STATS, ct.backend_id, len);
         let hairpin = ct.kind & CT_HAIRPIN != 0;
         let kind = ct.kind & !CT_HAIRPIN;
@@ -91,7 +90,7 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: bool) ->
             Ok(Outcome::NotService)
         };
     }
-    if !in_vip_range {
+    if !in_vip_range(flow.key.dst_be) {
         return Ok(Outcome::NotService);
     }
 
@@ -146,7 +145,7 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: bool) ->
     }
 
     // SAFETY: a plain helper call with no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let hairpin = backend.addr_be == flow.key.src_be;
     let hp = if hairpin { CT_HAIRPIN } else { 0 };
     let mut fwd = CtValue {
@@ -183,7 +182,6 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: bool) ->
         let _ = CONNTRACK.remove(&rev_key);
         return Err(drop_reason::CT_FULL);
     }
-    count(&SVC_STATS, svc.id, len);
     count(&BACKEND_STATS, backend.id, len);
     rewrite(ctx, ip, true, flow.key.dst_be, flow.key.dport_be, backend.addr_be, backend.port_be)?;
     if hairpin {
@@ -258,7 +256,7 @@ fn touch(ct: &mut CtValue, tcp_flags: u8) {
         ct.flags = flags;
     }
     // SAFETY: a plain helper call with no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if now.wrapping_sub(ct.last_seen_ns) > REFRESH_NS {
         ct.last_seen_ns = now;
     }

@@ -165,7 +165,6 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
     for (k, v) in maps.services.entries()? {
         let Some(proto) = Proto::from_number(k.proto) else { continue };
         let frontend = Frontend { vip: Ipv4Addr::from(u32::from_be(k.vip_be)), port: u16::from_be(k.port_be), proto };
-        let stats = maps.svc_stats.get(v.id)?;
         let mut backends = Vec::new();
         for slot in 0..v.count {
             if let Some(b) = maps.backends.get(&fizz_common::BackendKey { svc_id: v.id, slot })? {
@@ -180,7 +179,10 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
                 });
             }
         }
-        services.push(ServiceView { frontend, id: v.id, packets: stats.packets, bytes: stats.bytes, backends });
+        // A service's traffic is the sum over its backends (ids are per service).
+        let packets = backends.iter().map(|b| b.packets).sum();
+        let bytes = backends.iter().map(|b| b.bytes).sum();
+        services.push(ServiceView { frontend, id: v.id, packets, bytes, backends });
     }
     services.sort_by_key(|s| s.frontend);
 

@@ -349,9 +349,6 @@ impl Datapath {
         let mut ids = self.ids.clone();
         let plan = service::plan_service(spec, self.installed.get(&fe), &mut ids)?;
 
-        if plan.new_id {
-            self.maps.svc_stats.reset(plan.id)?;
-        }
         for bid in &plan.new_backend_ids {
             self.maps.backend_stats.reset(*bid)?;
         }
@@ -449,7 +446,7 @@ pub fn maps_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join(format!("maps-v{}", fizz_common::ABI_VERSION))
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid timespec for the call to fill.
