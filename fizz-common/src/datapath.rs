@@ -240,7 +240,7 @@ pub mod drop_reason {
     pub const NO_SERVICE_PORT: u32 = 2;
     /// A fragment addressed to a VIP (NAT needs the ports of every packet).
     pub const VIP_FRAGMENT: u32 = 3;
-    /// The TTL would reach zero on forwarding.
+    /// Reserved (was: the TTL would reach zero; local delivery keeps the TTL).
     pub const TTL_EXCEEDED: u32 = 4;
     /// The IPv4 or transport header is cut short.
     pub const TRUNCATED: u32 = 5;

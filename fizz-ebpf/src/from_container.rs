@@ -19,7 +19,7 @@ use fizz_common::{drop_reason, verdict, EndpointKey, VipKey, IPPROTO_TCP, IPPROT
 use crate::{
     maps::{count, CONFIG, DROPS, ENDPOINTS, VERDICTS, VIPS},
     nat::{self, Flow},
-    packet::{self, Ipv4, ETH_P_IP, IP_CSUM, IP_OFF, IP_TTL},
+    packet::{self, Ipv4, ETH_P_IP},
     reject,
 };
 
@@ -63,13 +63,17 @@ fn try_from_container(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
             };
             return Err(reason);
         }
-        return deliver(ctx, &ip, ip.hdr.dst_be, false);
+        return deliver(ctx, &ip, ip.hdr.dst_be, false, true);
     }
 
     let flow = Flow::parse(ctx, &ip)?;
+    // A connection is checked against policy when it is set up: every UDP
+    // datagram, a TCP SYN. (A segment of a connection whose SYN was refused
+    // reaches a socket that does not know it, and draws a reset.)
+    let setup = proto == IPPROTO_UDP || flow.tcp_flags & packet::TCP_SYN != 0;
     match nat::translate(ctx, &ip, &flow, is_vip_range)? {
-        nat::Outcome::Translated { dst_be } => deliver(ctx, &ip, dst_be, true),
-        nat::Outcome::NotService => deliver(ctx, &ip, ip.hdr.dst_be, false),
+        nat::Outcome::Translated { dst_be } => deliver(ctx, &ip, dst_be, true, false),
+        nat::Outcome::NotService => deliver(ctx, &ip, ip.hdr.dst_be, false, setup),
         nat::Outcome::Reject(reason) => {
             count(&DROPS, reason, ctx.len());
             reject::reject(ctx, &ip, &flow).map(|(a, v)| (a, Some(v)))
@@ -86,9 +90,13 @@ pub fn is_vip_range(addr_be: u32) -> bool {
     }
 }
 
-/// Hands the packet to a local container, or to the kernel stack.
+/// Hands the packet to a local container, or to the kernel stack. Local
+/// delivery is a switch's, not a router's: the TTL is kept, and the MACs are
+/// written only when the destination's differs (the agent gives every
+/// container veth the same MAC, so its containers' packets are not written
+/// at all, and a cloned TCP segment is never copied to be made writable).
 #[inline(always)]
-fn deliver(ctx: &TcContext, ip: &Ipv4, dst_be: u32, translated: bool) -> Result<(i32, Option<u32>), u32> {
+fn deliver(ctx: &TcContext, ip: &Ipv4, dst_be: u32, translated: bool, check_policy: bool) -> Result<(i32, Option<u32>), u32> {
     let Some(ep) = ENDPOINTS.get_ptr(EndpointKey { addr_be: dst_be }) else {
         let v = if translated { None } else { Some(verdict::PASS) };
         return Ok((TC_ACT_OK as i32, v));
@@ -96,7 +104,7 @@ fn deliver(ctx: &TcContext, ip: &Ipv4, dst_be: u32, translated: bool) -> Result<
     // SAFETY: the pointer comes from a successful map lookup and is only read.
     let ep = unsafe { *ep };
     // Network isolation for flows that conntrack has not vouched for.
-    if !translated && ep.net_mask != 0 {
+    if check_policy && ep.net_mask != 0 {
         if let Some(src) = ENDPOINTS.get_ptr(EndpointKey { addr_be: ip.hdr.src_be }) {
             // SAFETY: as above.
             let src_mask = unsafe { (*src).net_mask };
@@ -106,21 +114,13 @@ fn deliver(ctx: &TcContext, ip: &Ipv4, dst_be: u32, translated: bool) -> Result<
         }
     }
 
-    // Routed hop: decrement the TTL as a router would.
-    let ttl = ip.hdr.ttl;
-    if ttl <= 1 {
-        return Err(drop_reason::TTL_EXCEEDED);
+    let dst_mac: [u8; 6] = packet::load(ctx, 0)?;
+    if dst_mac != ep.mac {
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&ep.mac);
+        macs[6..].copy_from_slice(&ep.node_mac);
+        packet::store(ctx, 0, &macs)?;
     }
-    let old = u16::from_be_bytes([ttl, ip.hdr.proto]);
-    let new = u16::from_be_bytes([ttl - 1, ip.hdr.proto]);
-    packet::store(ctx, IP_OFF + IP_TTL, &(ttl - 1))?;
-    ctx.l3_csum_replace(IP_OFF + IP_CSUM, u64::from(old.to_be()), u64::from(new.to_be()), 2)
-        .map_err(|_| drop_reason::REWRITE_FAILED)?;
-
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&ep.mac);
-    macs[6..].copy_from_slice(&ep.node_mac);
-    packet::store(ctx, 0, &macs)?;
 
     // SAFETY: a plain helper call; the kernel checks the ifindex.
     let rc = unsafe { bpf_redirect_peer(ep.ifindex, 0) };

@@ -121,9 +121,6 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: fn(u32) 
     if svc.count == 0 {
         return Ok(Outcome::Reject(drop_reason::NO_BACKEND));
     }
-    if ip.hdr.ttl <= 1 {
-        return Err(drop_reason::TTL_EXCEEDED);
-    }
     if svc.net_mask != 0 {
         if let Some(client) = ENDPOINTS.get_ptr(EndpointKey { addr_be: flow.key.src_be }) {
             // SAFETY: the pointer comes from a successful map lookup and is only read.

@@ -9,7 +9,6 @@ pub const ETH_LEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const IP_OFF: usize = ETH_LEN;
 /// Offsets inside the IPv4 header.
-pub const IP_TTL: usize = 8;
 pub const IP_CSUM: usize = 10;
 pub const IP_SRC: usize = 12;
 pub const IP_DST: usize = 16;

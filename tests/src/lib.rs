@@ -239,7 +239,7 @@ impl Node {
         ns.ip(&["link", "set", &peer_tmp, "name", "eth0"])?;
         ns.ip(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
-        self.ns.ip(&["link", "set", &host_if, "up"])?;
+        self.ns.ip(&["link", "set", &host_if, "address", &mac_s, "up"])?;
         let node_mac = parse_mac(
             self.ns
                 .ip(&["-br", "link", "show", &host_if])?
@@ -281,10 +281,9 @@ impl Container {
     }
 }
 
-/// A locally administered MAC derived from the container's address.
+/// The MAC of both ends of every container veth, as the agent plumbs them.
 pub fn container_mac(addr: Ipv4Addr) -> [u8; 6] {
-    let o = addr.octets();
-    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
+    fizz::net::plumb::container_mac(addr)
 }
 
 pub fn fmt_mac(m: &[u8; 6]) -> String {

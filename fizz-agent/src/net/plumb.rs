@@ -66,11 +66,23 @@ pub struct Plumbed {
     pub node_mac: [u8; 6],
 }
 
-/// A locally administered MAC derived from a container address: stable across
-/// agent restarts, unique within the cluster range.
-pub fn container_mac(addr: Ipv4Addr) -> [u8; 6] {
-    let o = addr.octets();
-    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
+/// The MAC of both ends of every container veth. Every frame a container
+/// sends is addressed to its gateway, i.e. to this MAC, which is also the MAC
+/// of every other container's `eth0`: the datapath hands a frame from one
+/// container to another without writing a byte of it. (Each veth is a
+/// point-to-point link, so the duplicates never meet on one segment.)
+pub const VETH_MAC: [u8; 6] = [0xee, 0xee, 0xee, 0xee, 0xee, 0xee];
+
+/// The MAC of a container's `eth0` (the same for all; see `VETH_MAC`).
+pub fn container_mac(_addr: Ipv4Addr) -> [u8; 6] {
+    VETH_MAC
+}
+
+/// Turns IPv6 off on an interface of the calling thread's namespace, best
+/// effort: both ends of a veth share a MAC, so their derived link-local
+/// addresses would collide.
+fn disable_ipv6(ifname: &str) {
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"), "1");
 }
 
 /// Runs `f` with a netlink handle in the calling thread's namespace. It runs
@@ -147,12 +159,13 @@ pub fn plumb(req: &PlumbRequest) -> Result<Plumbed, PlumbError> {
             .execute()
             .await
             .map_err(nl("moving into the container", &tmp))?;
+        disable_ipv6(&host_if);
         h.link()
-            .set(LinkUnspec::new_with_index(host.header.index).up().build())
+            .set(LinkUnspec::new_with_index(host.header.index).address(VETH_MAC.to_vec()).up().build())
             .execute()
             .await
             .map_err(nl("setting up", &host_if))?;
-        Ok((host.header.index, mac_of(&host)))
+        Ok((host.header.index, VETH_MAC))
     })?;
 
     let ns = format!("/proc/{}/ns/net", req.pid);
@@ -164,6 +177,7 @@ pub fn plumb(req: &PlumbRequest) -> Result<Plumbed, PlumbError> {
             }
             let peer = link_by_name(&h, &tmp2).await?.ok_or_else(|| PlumbError::NoLink(tmp2.clone()))?;
             let idx = peer.header.index;
+            disable_ipv6(&tmp2);
             h.link()
                 .set(LinkUnspec::new_with_index(idx).name("eth0".to_string()).address(mac.to_vec()).up().build())
                 .execute()
@@ -253,9 +267,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn macs_are_local_unicast_and_derived_from_the_address() {
+    fn the_veth_mac_is_local_unicast() {
         let m = container_mac(Ipv4Addr::new(10, 42, 3, 7));
-        assert_eq!(m, [0x0a, 0x58, 10, 42, 3, 7]);
+        assert_eq!(m, VETH_MAC);
         assert_eq!(m[0] & 1, 0, "unicast");
         assert_eq!(m[0] & 2, 2, "locally administered");
     }
