@@ -17,6 +17,7 @@ fn fizz(agent: &AgentProc, args: &[&str]) -> (bool, String) {
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
+#[allow(clippy::zombie_processes, reason = "the engine must outlive this test; init reaps it")]
 fn restart_engine() {
     let pid = String::from_utf8_lossy(&Command::new("pidof").arg("dockerd").output().unwrap().stdout).trim().to_string();
     assert!(!pid.is_empty(), "no dockerd to restart");
