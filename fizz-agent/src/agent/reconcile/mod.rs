@@ -264,6 +264,19 @@ pub fn ready(svc: &ServicePlan, c: &ContainerInfo) -> bool {
     c.state == RunState::Running && healthy
 }
 
+/// The addresses of a service's ready replicas, sorted.
+fn ready_addrs(project: &str, service: &str, svc: &ServicePlan, containers: &[ContainerInfo]) -> Vec<Ipv4Addr> {
+    let mut addrs: Vec<Ipv4Addr> = containers
+        .iter()
+        .filter_map(|c| {
+            let (id, addr) = identity(c)?;
+            (id.project == project && id.service == service && ready(svc, c)).then_some(addr?)
+        })
+        .collect();
+    addrs.sort();
+    addrs
+}
+
 /// The VIP table: every exposed port of every service with a VIP, backed by
 /// its ready replicas (none: the VIP rejects).
 /// Each entry comes with the service's network mask.
@@ -273,14 +286,7 @@ pub fn vip_table(projects: &BTreeMap<String, ProjectPlan>, containers: &[Contain
     for (pname, p) in projects {
         for (sname, svc) in &p.services {
             let Some(vip) = svc.vip else { continue };
-            let mut addrs: Vec<Ipv4Addr> = containers
-                .iter()
-                .filter_map(|c| {
-                    let (id, addr) = identity(c)?;
-                    (id.project == *pname && id.service == *sname && ready(svc, c)).then_some(addr?)
-                })
-                .collect();
-            addrs.sort();
+            let addrs = ready_addrs(pname, sname, svc, containers);
             let mask = masks.get(&(pname.clone(), sname.clone())).copied().unwrap_or(0);
             // A service that declares no port takes connections on any port,
             // as containers on a Compose network would.
@@ -313,14 +319,7 @@ pub fn dns_entries(
     for (pname, p) in projects {
         for (sname, svc) in &p.services {
             let Some(vip) = svc.vip else { continue };
-            let mut tasks: Vec<Ipv4Addr> = containers
-                .iter()
-                .filter_map(|c| {
-                    let (id, addr) = identity(c)?;
-                    (id.project == *pname && id.service == *sname && ready(svc, c)).then_some(addr?)
-                })
-                .collect();
-            tasks.sort();
+            let tasks = ready_addrs(pname, sname, svc, containers);
             let aliases = svc
                 .networks
                 .iter()
