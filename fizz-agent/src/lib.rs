@@ -12,4 +12,5 @@ pub mod compose;
 pub mod dev;
 pub mod dns;
 pub mod docker;
+pub mod gossip;
 pub mod net;
