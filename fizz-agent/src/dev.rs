@@ -131,6 +131,12 @@ pub fn up(layout: &Layout, n: u32, fizz: &Path) -> Result<Vec<DevNode>, DevError
         sh(&["ip", "addr", "add", &format!("{}/24", layout.bridge_addr()), "dev", &layout.bridge])?;
         sh(&["ip", "link", "set", &layout.bridge, "up"])?;
     }
+    // Docker's firewall drops bridged traffic it does not know (FORWARD
+    // policy DROP with bridge netfilter on): let the LAN's through.
+    let chain = forward_chain();
+    if sh(&["iptables", "-C", chain, "-i", &layout.bridge, "-o", &layout.bridge, "-j", "ACCEPT"]).is_err() {
+        sh(&["iptables", "-I", chain, "-i", &layout.bridge, "-o", &layout.bridge, "-j", "ACCEPT"])?;
+    }
     let mut nodes = Vec::new();
     for i in 1..=n {
         let node = layout.node(i);
@@ -152,6 +158,15 @@ pub fn up(layout: &Layout, n: u32, fizz: &Path) -> Result<Vec<DevNode>, DevError
         }
     }
     Ok(nodes)
+}
+
+/// Docker's chain for user rules when it exists, else FORWARD.
+fn forward_chain() -> &'static str {
+    if sh(&["iptables", "-L", "DOCKER-USER", "-n"]).is_ok() {
+        "DOCKER-USER"
+    } else {
+        "FORWARD"
+    }
 }
 
 fn create_node(layout: &Layout, node: &DevNode) -> Result<(), DevError> {
@@ -186,6 +201,7 @@ fn start_agent(layout: &Layout, node: &DevNode, fizz: &Path) -> Result<(), DevEr
         .arg("--")
         .arg(fizz)
         .args(["agent", "--node", &node.name, "--range", &node.range])
+        .args(["--advertise-addr", &node.lan_addr.to_string()])
         .args(["--veth-prefix", &format!("fzd{}", node.index)])
         .arg("--pin-dir")
         .arg(layout.pin_dir.join(format!("node{}", node.index)))
@@ -239,6 +255,7 @@ pub fn down(layout: &Layout) -> Result<(), DevError> {
         let _ = sh(&["ip", "link", "del", &format!("fzdev{}", node.index)]);
         sh(&["ip", "netns", "del", &node.netns])?;
     }
+    let _ = sh(&["iptables", "-D", forward_chain(), "-i", &layout.bridge, "-o", &layout.bridge, "-j", "ACCEPT"]);
     let _ = sh(&["ip", "link", "del", &layout.bridge]);
     for d in [&layout.pin_dir, &layout.state_dir, &layout.run_dir] {
         if d.exists() {

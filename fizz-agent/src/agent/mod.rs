@@ -4,6 +4,7 @@
 //! containers, their plumbing, the datapath's maps and DNS names. No other
 //! task changes state.
 
+pub mod cluster;
 pub mod ipam;
 pub mod plan;
 pub mod reconcile;
@@ -42,6 +43,10 @@ pub struct Config {
     /// Where names that are not Fizz's are forwarded.
     pub dns_upstream: Vec<SocketAddr>,
     pub mtu: u32,
+    /// The UDP port of gossip (on every address).
+    pub gossip_port: u16,
+    /// The address peers reach this node at (default: its first global IPv4).
+    pub advertise: Option<Ipv4Addr>,
 }
 
 /// What an API call can fail with; the message goes to the user.
@@ -78,6 +83,13 @@ pub enum Command {
     Scale { project: String, service: String, replicas: u32, reply: Reply<()> },
     Ps { project: Option<String>, reply: Reply<api::PsResponse> },
     Find { target: Target, reply: Reply<Vec<ContainerInfo>> },
+    /// Start a new cluster on this node.
+    ClusterInit { reply: Reply<api::InitResponse> },
+    /// Join a cluster: start gossip with its secret and contact the seeds.
+    ClusterJoin { secret: [u8; 32], seeds: Vec<SocketAddr>, reply: Reply<()> },
+    /// Undo a join that found no one (stop gossip, forget the secret).
+    ClusterAbort { reply: Reply<()> },
+    Nodes { reply: Reply<api::NodesResponse> },
 }
 
 /// Allocates VIPs for the services of `new` that have none: a service keeps

@@ -3,7 +3,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     hash::{Hash as _, Hasher as _},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
@@ -11,7 +11,7 @@ use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
 use super::{
-    assign_vips,
+    assign_vips, cluster,
     plan::ProjectPlan,
     reconcile::{self, identity, Action, Identity, NodeContext},
     store::Store,
@@ -20,6 +20,7 @@ use super::{
 use crate::{
     api,
     dns::{Records, Server as DnsServer, SharedRecords},
+    gossip::{self, GossipConfig, GossipHandle},
     docker::{ContainerInfo, Docker, RunState},
     net::{
         conntrack::Timeouts,
@@ -70,6 +71,8 @@ struct Agent {
     docker_ok: bool,
     /// The last Docker error reported, so an outage is logged once.
     docker_error: Option<String>,
+    /// Cluster membership, once this node is in a cluster.
+    gossip: Option<GossipHandle>,
     /// The names the DNS server answers, replaced after each pass.
     records: SharedRecords,
     _dns: DnsServer,
@@ -129,9 +132,26 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         notes: BTreeMap::new(),
         docker_ok: true,
         docker_error: None,
+        gossip: None,
         records,
         _dns: dns,
     };
+    match cluster::load_secret(&agent.cfg.state_dir) {
+        Ok(Some(secret)) => {
+            // A restarted member: rejoin through the peers it knew.
+            match agent.start_gossip(&secret).await {
+                Ok(()) => {
+                    let seeds = cluster::load_seeds(&agent.cfg.state_dir);
+                    if let Some(g) = &agent.gossip {
+                        let _ = g.join(seeds).await;
+                    }
+                }
+                Err(e) => eprintln!("fizz agent: gossip: {e}"),
+            }
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("fizz agent: {e}"),
+    }
     eprintln!("fizz agent: node {} ready (api {}, datapath {})", agent.cfg.node, agent.cfg.socket.display(), agent.cfg.pin_dir.display());
 
     let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -154,13 +174,20 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                     agent.docker_ok = false;
                 }
             },
-            _ = tick.tick() => dirty = true,
+            _ = tick.tick() => {
+                dirty = true;
+                agent.remember_peers();
+            }
             _ = gc.tick() => agent.gc(),
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
     }
     let _ = std::fs::remove_file(&agent.cfg.socket);
+    if let Some(g) = agent.gossip.take() {
+        // A graceful leave: the others see this node go at once.
+        let _ = tokio::time::timeout(Duration::from_secs(2), g.leave()).await;
+    }
     eprintln!("fizz agent: stopping; containers and the datapath keep running");
     Ok(())
 }
@@ -244,6 +271,118 @@ impl Agent {
             Command::Find { target, reply } => {
                 let _ = reply.send(self.find(&target));
                 false
+            }
+            Command::ClusterInit { reply } => {
+                let _ = reply.send(self.cluster_init().await);
+                false
+            }
+            Command::ClusterJoin { secret, seeds, reply } => {
+                let _ = reply.send(self.cluster_join(secret, seeds).await);
+                false
+            }
+            Command::ClusterAbort { reply } => {
+                if let Some(g) = self.gossip.take() {
+                    g.abort();
+                }
+                cluster::remove_secret(&self.cfg.state_dir);
+                let _ = reply.send(Ok(()));
+                false
+            }
+            Command::Nodes { reply } => {
+                let _ = reply.send(Ok(self.nodes()));
+                false
+            }
+        }
+    }
+
+    async fn start_gossip(&mut self, secret: &[u8; 32]) -> Result<(), String> {
+        let ip = match self.cfg.advertise {
+            Some(ip) => ip,
+            None => plumb::primary_ipv4()
+                .map_err(|e| e.to_string())?
+                .ok_or("this host has no global IPv4 address to advertise; pass --advertise-addr")?,
+        };
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let generation = gossip::next_generation(&self.cfg.state_dir.join("generation"), now_ms).map_err(|e| e.to_string())?;
+        let cfg = GossipConfig {
+            bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.cfg.gossip_port)),
+            advertise: Some(SocketAddr::from((ip, self.cfg.gossip_port))),
+            name: self.cfg.node.clone(),
+            range: format!("{}/{}", self.cfg.range.net, self.cfg.range.len),
+            wg_pubkey: String::new(),
+            generation,
+            key: gossip::crypto::Key::derive(secret),
+            tuning: gossip::Tuning::default(),
+        };
+        let handle = GossipHandle::start(cfg).await.map_err(|e| e.to_string())?;
+        self.gossip = Some(handle);
+        Ok(())
+    }
+
+    async fn cluster_init(&mut self) -> Result<api::InitResponse, ApiError> {
+        if self.gossip.is_some() {
+            return Err(ApiError::Invalid("this node is already in a cluster".into()));
+        }
+        let secret = cluster::new_secret().map_err(|e| ApiError::Failed(format!("generating the cluster secret: {e}")))?;
+        self.start_gossip(&secret).await.map_err(ApiError::Failed)?;
+        if let Err(e) = cluster::save_secret(&self.cfg.state_dir, &secret) {
+            if let Some(g) = self.gossip.take() {
+                g.abort();
+            }
+            return Err(ApiError::Failed(e.to_string()));
+        }
+        let addr = self.gossip.as_ref().map(|g| g.members()).and_then(|m| m.first().map(|v| v.addr));
+        Ok(api::InitResponse { token: cluster::token(&secret), addr: addr.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.cfg.gossip_port))) })
+    }
+
+    async fn cluster_join(&mut self, secret: [u8; 32], seeds: Vec<SocketAddr>) -> Result<(), ApiError> {
+        if self.gossip.is_some() {
+            return Err(ApiError::Invalid("this node is already in a cluster".into()));
+        }
+        self.start_gossip(&secret).await.map_err(ApiError::Failed)?;
+        cluster::save_secret(&self.cfg.state_dir, &secret).map_err(|e| ApiError::Failed(e.to_string()))?;
+        if let Some(g) = &self.gossip {
+            g.join(seeds).await.map_err(|e| ApiError::Failed(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn nodes(&self) -> api::NodesResponse {
+        let Some(g) = &self.gossip else {
+            return api::NodesResponse { clustered: false, nodes: Vec::new() };
+        };
+        let nodes = g
+            .members()
+            .into_iter()
+            .map(|m| api::NodeView {
+                local: m.name == self.cfg.node,
+                state: match m.state {
+                    gossip::MemberState::Alive => "alive",
+                    gossip::MemberState::Suspect => "suspect",
+                    gossip::MemberState::Down => "down",
+                }
+                .to_string(),
+                name: m.name,
+                addr: m.addr,
+                range: m.range,
+                wg_pubkey: m.wg_pubkey,
+                generation: m.generation,
+            })
+            .collect();
+        api::NodesResponse { clustered: true, nodes }
+    }
+
+    /// Keeps the peers' addresses, so a restarted agent finds the cluster.
+    fn remember_peers(&self) {
+        if let Some(g) = &self.gossip {
+            let peers: Vec<SocketAddr> = g
+                .members()
+                .into_iter()
+                .filter(|m| m.name != self.cfg.node && m.state != gossip::MemberState::Down)
+                .map(|m| m.addr)
+                .collect();
+            if !peers.is_empty() {
+                cluster::save_seeds(&self.cfg.state_dir, &peers);
             }
         }
     }

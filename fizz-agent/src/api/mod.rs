@@ -93,6 +93,46 @@ pub struct ExecResponse {
     pub output: String,
 }
 
+/// The answer to `POST /v1/cluster/init`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InitResponse {
+    /// What other nodes pass to `fizz join`.
+    pub token: String,
+    /// Where they reach this node.
+    pub addr: std::net::SocketAddr,
+}
+
+/// `POST /v1/cluster/join`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token: String,
+    pub seeds: Vec<std::net::SocketAddr>,
+}
+
+/// One member in `GET /v1/nodes`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    pub addr: std::net::SocketAddr,
+    /// alive, suspect or down.
+    pub state: String,
+    /// The node's container range.
+    pub range: String,
+    pub wg_pubkey: String,
+    /// Grows each time the node's agent restarts.
+    pub generation: u64,
+    /// Whether this is the node that answered.
+    pub local: bool,
+}
+
+/// `GET /v1/nodes` answer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodesResponse {
+    /// Whether this node is in a cluster at all.
+    pub clustered: bool,
+    pub nodes: Vec<NodeView>,
+}
+
 /// The body of every error answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {

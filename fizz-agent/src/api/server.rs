@@ -98,6 +98,39 @@ async fn logs(State(ctx): State<Ctx>, Query(q): Query<BTreeMap<String, String>>)
     Ok(Response::new(Body::from_stream(merged)))
 }
 
+async fn cluster_init(State(ctx): State<Ctx>) -> Result<Json<super::InitResponse>, ApiError> {
+    ask(&ctx, |reply| Command::ClusterInit { reply }).await.map(Json)
+}
+
+/// Joins, then waits until a seed has answered; a join that reaches no one
+/// (a wrong token looks the same: every packet is dropped unread) is undone.
+async fn cluster_join(State(ctx): State<Ctx>, Json(req): Json<super::JoinRequest>) -> Result<Json<()>, ApiError> {
+    let secret = crate::agent::cluster::parse_token(&req.token).map_err(|e| ApiError::Invalid(e.to_string()))?;
+    if req.seeds.is_empty() {
+        return Err(ApiError::Invalid("join needs the address of at least one member".into()));
+    }
+    let seeds = req.seeds.clone();
+    ask(&ctx, |reply| Command::ClusterJoin { secret, seeds, reply }).await?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        let nodes = ask(&ctx, |reply| Command::Nodes { reply }).await?;
+        if nodes.nodes.iter().any(|n| !n.local && n.state == "alive") {
+            return Ok(Json(()));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    ask(&ctx, |reply| Command::ClusterAbort { reply }).await?;
+    let seeds: Vec<String> = req.seeds.iter().map(|s| s.to_string()).collect();
+    Err(ApiError::Invalid(format!(
+        "no member answered at {} within 10 s: the token is wrong, or the address is not reachable; nothing was changed",
+        seeds.join(", ")
+    )))
+}
+
+async fn nodes(State(ctx): State<Ctx>) -> Result<Json<super::NodesResponse>, ApiError> {
+    ask(&ctx, |reply| Command::Nodes { reply }).await.map(Json)
+}
+
 /// The router, for a loop reached through `tx`.
 pub fn router(tx: mpsc::Sender<Command>, docker: Docker) -> Router {
     Router::new()
@@ -107,6 +140,9 @@ pub fn router(tx: mpsc::Sender<Command>, docker: Docker) -> Router {
         .route("/v1/ps", get(ps))
         .route("/v1/exec", post(exec))
         .route("/v1/logs", get(logs))
+        .route("/v1/cluster/init", post(cluster_init))
+        .route("/v1/cluster/join", post(cluster_join))
+        .route("/v1/nodes", get(nodes))
         .with_state(Ctx { tx, docker })
 }
 

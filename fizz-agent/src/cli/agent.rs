@@ -33,6 +33,12 @@ pub struct Args {
     /// MTU of container interfaces.
     #[arg(long, default_value_t = 1500)]
     mtu: u32,
+    /// UDP port of gossip between nodes.
+    #[arg(long, default_value_t = crate::gossip::DEFAULT_PORT)]
+    gossip_port: u16,
+    /// The address other nodes reach this one at (default: the first global IPv4).
+    #[arg(long)]
+    advertise_addr: Option<std::net::Ipv4Addr>,
 }
 
 /// Parses `a.b.c.d/n`.
@@ -74,6 +80,8 @@ pub fn run(args: Args, socket: PathBuf) -> Result<()> {
         dns_listen: SocketAddr::from((crate::net::plumb::GATEWAY, 53)),
         dns_upstream: if args.dns_upstream.is_empty() { resolv_conf() } else { args.dns_upstream },
         mtu: args.mtu,
+        gossip_port: args.gossip_port,
+        advertise: args.advertise_addr,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(crate::agent::run(cfg))?;

@@ -8,7 +8,10 @@ mod config;
 mod dev;
 mod down;
 mod exec;
+mod init;
+mod join;
 mod logs;
+mod nodes;
 pub mod net_inspect;
 pub mod ps;
 mod scale;
@@ -35,6 +38,12 @@ pub struct Cli {
 enum Command {
     /// Run the per-host agent in the foreground.
     Agent(agent::Args),
+    /// Start a new cluster on this node; prints the join token.
+    Init,
+    /// Join this node to a cluster.
+    Join(join::Args),
+    /// List the cluster's nodes.
+    Nodes(nodes::Args),
     /// Deploy a Compose project (or update it) and show progress.
     Up(up::Args),
     /// Print the normalized Compose project.
@@ -101,6 +110,9 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Agent(args) => agent::run(args, cli.socket).map(|()| 0),
         Command::Net { command: NetCommand::Inspect(args) } => net_inspect::run(args).map(|()| 0),
         Command::Dev { command } => dev::run(command).map(|()| 0),
+        Command::Init => rt()?.block_on(init::run(&client)).map(|()| 0),
+        Command::Join(args) => rt()?.block_on(join::run(args, &client)).map(|()| 0),
+        Command::Nodes(args) => rt()?.block_on(nodes::run(args, &client)).map(|()| 0),
         Command::Up(args) => rt()?.block_on(up::run(args, &client)).map(|()| 0),
         Command::Config(args) => config::run(args).map(|()| 0),
         Command::Ps(args) => rt()?.block_on(ps::run(args, &client)).map(|()| 0),

@@ -262,6 +262,26 @@ pub fn ensure_gateway() -> Result<(), PlumbError> {
     })
 }
 
+/// The first global IPv4 address of this namespace (not loopback, not
+/// link-local): what a node advertises to its peers by default.
+pub fn primary_ipv4() -> Result<Option<Ipv4Addr>, PlumbError> {
+    use netlink_packet_route::address::AddressAttribute;
+    with_handle(|h| async move {
+        let mut addrs = h.address().get().execute();
+        let mut found = None;
+        while let Some(msg) = addrs.try_next().await.map_err(nl("listing addresses", "*"))? {
+            for a in &msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(v4)) = a {
+                    if !v4.is_loopback() && !v4.is_link_local() && found.is_none() {
+                        found = Some(*v4);
+                    }
+                }
+            }
+        }
+        Ok(found)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
