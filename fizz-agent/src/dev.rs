@@ -32,11 +32,22 @@ pub enum DevError {
     /// Bad request.
     #[error("{0}")]
     Invalid(String),
+    /// An agent refused a request.
+    #[error("node {node}: {source}")]
+    Agent { node: String, #[source] source: crate::api::client::ClientError },
+    /// The cluster secret of node 1 cannot be read.
+    #[error(transparent)]
+    Cluster(#[from] crate::agent::cluster::ClusterError),
 }
 
 /// Where the pieces of the local cluster live.
 #[derive(Clone, Debug)]
 pub struct Layout {
+    /// Names of nodes and namespaces are `<prefix>-<i>`.
+    pub prefix: String,
+    /// Host ends of the nodes' LAN veths are `<short><i>`, and of their
+    /// containers' veths `<short><i>` + a hash.
+    pub short: String,
     pub bridge: String,
     /// The bridge's address; nodes are `.11`, `.12`, …
     pub lan_net: Ipv4Addr,
@@ -44,11 +55,17 @@ pub struct Layout {
     pub state_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub log_dir: PathBuf,
+    /// Routes on this machine to each node's containers (the default
+    /// cluster only: two clusters would claim the same ranges).
+    pub host_routes: bool,
 }
 
 impl Default for Layout {
     fn default() -> Self {
         Layout {
+            prefix: "fizz-dev".into(),
+            short: "fzd".into(),
+            host_routes: true,
             bridge: "fzdev0".into(),
             lan_net: Ipv4Addr::new(10, 99, 0, 0),
             run_dir: "/run/fizz-dev".into(),
@@ -72,12 +89,30 @@ pub struct DevNode {
 }
 
 impl Layout {
+    /// A private cluster for a test: every name starts with `tag` (at most 7
+    /// characters), directories live under the temporary directory, the LAN
+    /// is `lan`/24, and no route is added on this machine.
+    pub fn isolated(tag: &str, lan: Ipv4Addr) -> Layout {
+        let base = std::env::temp_dir().join(tag);
+        Layout {
+            prefix: tag.to_string(),
+            short: tag.to_string(),
+            bridge: format!("{tag}b"),
+            lan_net: lan,
+            run_dir: base.join("run"),
+            state_dir: base.join("state"),
+            pin_dir: PathBuf::from("/sys/fs/bpf/fizz-test").join(tag),
+            log_dir: base.join("log"),
+            host_routes: false,
+        }
+    }
+
     pub fn node(&self, index: u32) -> DevNode {
         let o = self.lan_net.octets();
         DevNode {
             index,
-            name: format!("fizz-dev-{index}"),
-            netns: format!("fizz-dev-{index}"),
+            name: format!("{}-{index}", self.prefix),
+            netns: format!("{}-{index}", self.prefix),
             lan_addr: Ipv4Addr::new(o[0], o[1], o[2], 10 + index as u8),
             range: format!("10.42.{}.0/24", index - 1),
             socket: self.run_dir.join(format!("node{index}.sock")),
@@ -96,7 +131,7 @@ impl Layout {
         let mut nodes: Vec<DevNode> = out
             .lines()
             .filter_map(|l| l.split_whitespace().next())
-            .filter_map(|n| n.strip_prefix("fizz-dev-"))
+            .filter_map(|n| n.strip_prefix(&format!("{}-", self.prefix)))
             .filter_map(|i| i.parse().ok())
             .map(|i| self.node(i))
             .collect();
@@ -171,7 +206,7 @@ fn forward_chain() -> &'static str {
 
 fn create_node(layout: &Layout, node: &DevNode) -> Result<(), DevError> {
     let ns = &node.netns;
-    let host_end = format!("fzdev{}", node.index);
+    let host_end = format!("{}{}", layout.short, node.index);
     sh(&["ip", "netns", "add", ns])?;
     sh(&["ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
     sh(&["ip", "link", "set", &host_end, "master", &layout.bridge, "up"])?;
@@ -181,7 +216,9 @@ fn create_node(layout: &Layout, node: &DevNode) -> Result<(), DevError> {
     sh(&["ip", "-n", ns, "route", "add", "default", "via", &layout.bridge_addr().to_string()])?;
     sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
     // The machine reaches each node's containers through the node.
-    sh(&["ip", "route", "replace", &node.range, "via", &node.lan_addr.to_string()])?;
+    if layout.host_routes {
+        sh(&["ip", "route", "replace", &node.range, "via", &node.lan_addr.to_string()])?;
+    }
     Ok(())
 }
 
@@ -202,7 +239,8 @@ fn start_agent(layout: &Layout, node: &DevNode, fizz: &Path) -> Result<(), DevEr
         .arg(fizz)
         .args(["agent", "--node", &node.name, "--range", &node.range])
         .args(["--advertise-addr", &node.lan_addr.to_string()])
-        .args(["--veth-prefix", &format!("fzd{}", node.index)])
+        .args(["--veth-prefix", &format!("{}{}", layout.short, node.index)])
+        .args(["--dns-upstream", "127.0.0.1:53"])
         .arg("--pin-dir")
         .arg(layout.pin_dir.join(format!("node{}", node.index)))
         .arg("--state-dir")
@@ -225,6 +263,45 @@ fn start_agent(layout: &Layout, node: &DevNode, fizz: &Path) -> Result<(), DevEr
     let pf = pid_file(layout, node);
     std::fs::write(&pf, child.id().to_string()).map_err(|source| DevError::Io { path: pf, source })?;
     Ok(())
+}
+
+/// Node 1 starts the cluster (unless it is in one) and the other nodes that
+/// are in none join it. Returns the join token.
+pub fn form_cluster(layout: &Layout, nodes: &[DevNode]) -> Result<String, DevError> {
+    use hyper::Method;
+
+    use crate::api::{client::Client, InitResponse, JoinRequest, NodesResponse};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| DevError::Io { path: "tokio runtime".into(), source })?;
+    rt.block_on(async {
+        let first = &nodes[0];
+        let agent_err = |n: &DevNode| {
+            let node = n.name.clone();
+            move |source| DevError::Agent { node, source }
+        };
+        let c1 = Client::new(&first.socket);
+        let status: NodesResponse = c1.call::<(), _>(Method::GET, "/v1/nodes", None).await.map_err(agent_err(first))?;
+        let token = if status.clustered {
+            let secret = crate::agent::cluster::load_secret(&layout.state_dir.join(format!("node{}", first.index)))?
+                .ok_or_else(|| DevError::Invalid(format!("{} is in a cluster but its secret is missing", first.name)))?;
+            crate::agent::cluster::token(&secret)
+        } else {
+            let r: InitResponse = c1.call::<(), _>(Method::POST, "/v1/cluster/init", None).await.map_err(agent_err(first))?;
+            r.token
+        };
+        let seed = std::net::SocketAddr::from((first.lan_addr, crate::gossip::DEFAULT_PORT));
+        for n in &nodes[1..] {
+            let c = Client::new(&n.socket);
+            let s: NodesResponse = c.call::<(), _>(Method::GET, "/v1/nodes", None).await.map_err(agent_err(n))?;
+            if !s.clustered {
+                let req = JoinRequest { token: token.clone(), seeds: vec![seed] };
+                c.call::<_, ()>(Method::POST, "/v1/cluster/join", Some(&req)).await.map_err(agent_err(n))?;
+            }
+        }
+        Ok(token)
+    })
 }
 
 /// Stops every agent, removes every container of the local cluster, its
@@ -251,13 +328,15 @@ pub fn down(layout: &Layout) -> Result<(), DevError> {
                 sh(&args)?;
             }
         }
-        let _ = sh(&["ip", "route", "del", &node.range]);
-        let _ = sh(&["ip", "link", "del", &format!("fzdev{}", node.index)]);
+        if layout.host_routes {
+            let _ = sh(&["ip", "route", "del", &node.range]);
+        }
+        let _ = sh(&["ip", "link", "del", &format!("{}{}", layout.short, node.index)]);
         sh(&["ip", "netns", "del", &node.netns])?;
     }
     let _ = sh(&["iptables", "-D", forward_chain(), "-i", &layout.bridge, "-o", &layout.bridge, "-j", "ACCEPT"]);
     let _ = sh(&["ip", "link", "del", &layout.bridge]);
-    for d in [&layout.pin_dir, &layout.state_dir, &layout.run_dir] {
+    for d in [&layout.pin_dir, &layout.state_dir, &layout.run_dir, &layout.log_dir] {
         if d.exists() {
             std::fs::remove_dir_all(d).map_err(|source| DevError::Io { path: d.clone(), source })?;
         }

@@ -36,7 +36,8 @@ pub struct Config {
     pub range: Cidr,
     /// The cluster's service VIP range.
     pub vip_range: Cidr,
-    /// Prefix of the host ends of container veths (≤ 7 bytes).
+    /// Prefix of the host ends of container veths (≤ 9 bytes; the rest of
+    /// the 15 is a hash of the container's name).
     pub veth_prefix: String,
     /// Where the DNS server listens (the containers' gateway).
     pub dns_listen: SocketAddr,

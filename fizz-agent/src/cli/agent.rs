@@ -24,7 +24,7 @@ pub struct Args {
     /// The service VIP range.
     #[arg(long, default_value = "10.43.0.0/16")]
     vip_range: String,
-    /// Prefix of the host ends of container veths (at most 7 characters).
+    /// Prefix of the host ends of container veths (at most 9 characters).
     #[arg(long, default_value = "fz")]
     veth_prefix: String,
     /// Upstream DNS servers for names outside the cluster (default: /etc/resolv.conf).
@@ -66,8 +66,8 @@ fn hostname() -> String {
 }
 
 pub fn run(args: Args, socket: PathBuf) -> Result<()> {
-    if args.veth_prefix.is_empty() || args.veth_prefix.len() > 7 {
-        bail!("--veth-prefix must be 1 to 7 characters, not `{}`", args.veth_prefix);
+    if args.veth_prefix.is_empty() || args.veth_prefix.len() > 9 {
+        bail!("--veth-prefix must be 1 to 9 characters, not `{}`", args.veth_prefix);
     }
     let cfg = Config {
         node: args.node.unwrap_or_else(hostname),

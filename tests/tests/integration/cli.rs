@@ -7,6 +7,15 @@ use std::{path::Path, process::Command};
 
 use fizz_tests::{fizz_bin, require_docker, AgentProc, DockerNodeGuard, Node};
 
+/// A directory removed on drop, even when the test fails.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn fizz(agent: &AgentProc, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(fizz_bin().unwrap()).arg("--socket").arg(&agent.socket).args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -73,6 +82,7 @@ fn invalid_compose_files_name_the_problem_and_create_nothing() {
     let agent = AgentProc::start(&node, &[]).unwrap();
     let dir = std::env::temp_dir().join(format!("{}-compose", node.name));
     std::fs::create_dir_all(&dir).unwrap();
+    let _dir = RemoveOnDrop(dir.clone());
     let cases: &[(&str, &str)] = &[
         ("services:\n  web:\n    image: x\n    depends_on: [db]\n", "depends_on"),
         ("services:\n  web:\n    image: x\n    ports: 80\n", "ports"),
@@ -106,6 +116,7 @@ fn volumes_bind_mounts_logs_and_down_with_volumes() {
     let project = format!("{}v", node.name.to_lowercase());
     let dir = std::env::temp_dir().join(format!("{}-vol", node.name));
     std::fs::create_dir_all(dir.join("conf")).unwrap();
+    let _dir = RemoveOnDrop(dir.clone());
     std::fs::write(dir.join("conf/c"), "from the bind mount\n").unwrap();
     std::fs::write(
         dir.join("compose.yaml"),

@@ -4,6 +4,7 @@
 
 mod agent;
 mod cli;
+mod cluster;
 mod docker;
 mod prog;
 mod vip;
