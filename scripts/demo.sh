@@ -5,7 +5,7 @@
 # store with a healthcheck that the API waits for. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NODES=${NODES:-1}
+NODES=${NODES:-3}
 bash scripts/setup.sh
 echo "building fizz (release)…"
 cargo build --release --quiet -p fizz-agent
@@ -17,6 +17,9 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 step fizz dev up --nodes "$NODES"
 "$fizz" dev up --nodes "$NODES"
 export FIZZ_SOCKET=/run/fizz-dev/node1.sock
+
+step fizz nodes
+"$fizz" nodes
 
 step fizz up -f tests/demo/compose.yaml --wait
 "$fizz" up -f tests/demo/compose.yaml --wait
