@@ -3,7 +3,7 @@
 
 /// Version of the map layout. Maps are pinned under `maps-v<ABI_VERSION>/`,
 /// so a datapath whose keys or values changed never reads old pins as new.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Names of the maps in the eBPF object, as pinned under a node's pin
 /// directory. The agent and `fizz net inspect` open them by these names.
@@ -31,11 +31,19 @@ pub mod map_names {
     pub const RR: &str = "FZ_RR";
     /// Array with one `Config` at index 0.
     pub const CONFIG: &str = "FZ_CONFIG";
+    /// LPM trie `RemoteAddr` (with a prefix length) → `Remote`: the
+    /// container ranges of other nodes and the tunnel device that reaches them.
+    pub const REMOTES: &str = "FZ_REMOTES";
 }
 
 /// Name of the TC program attached at ingress of the host end of each
 /// container veth ("from the container's point of view": traffic leaving it).
 pub const PROG_FROM_CONTAINER: &str = "from_container";
+
+/// Name of the TC program attached at ingress of the node's WireGuard device
+/// (a layer-3 TUN device: packets start at the IPv4 header). It sees every
+/// packet that arrives from another node through the tunnel.
+pub const PROG_FROM_WIREGUARD: &str = "from_wireguard";
 
 /// Capacities of the maps. The agent checks its inputs against these before
 /// writing, so a full map is an error at the API, not a silent drop.
@@ -52,6 +60,8 @@ pub const MAX_VIPS: u32 = 65_536;
 pub const MAX_CONNTRACK: u32 = 262_144;
 /// Local endpoints (containers) per node.
 pub const MAX_ENDPOINTS: u32 = 4_096;
+/// Remote container ranges (one per other node).
+pub const MAX_REMOTES: u32 = 1_024;
 
 /// IP protocol numbers the datapath understands.
 pub const IPPROTO_TCP: u8 = 6;
@@ -205,6 +215,25 @@ pub struct Endpoint {
 }
 assert_size!(Endpoint, 24);
 
+/// The data half of a `FZ_REMOTES` key. The map's key is the LPM trie key
+/// `{ prefix_len: u32, data: RemoteAddr }` (8 bytes), `prefix_len` counting
+/// the leading bits of `addr_be` that match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct RemoteAddr {
+    pub addr_be: u32,
+}
+assert_size!(RemoteAddr, 4);
+
+/// Value of `FZ_REMOTES`: where packets for another node's range go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Remote {
+    /// Index of the node's WireGuard device (`bpf_redirect` to its egress).
+    pub ifindex: u32,
+}
+assert_size!(Remote, 4);
+
 /// Packet and byte counter, one per CPU in per-CPU arrays.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -258,8 +287,10 @@ pub mod drop_reason {
     pub const VIP_PROTO: u32 = 11;
     /// Source and destination share no Compose network.
     pub const POLICY: u32 = 12;
+    /// A redirect into the tunnel or into a container failed.
+    pub const REDIRECT_FAILED: u32 = 13;
     /// One past the largest reason; the size of `FZ_DROPS`.
-    pub const MAX: u32 = 13;
+    pub const MAX: u32 = 14;
 
     /// A short, stable name for tables and JSON.
     pub fn name(reason: u32) -> &'static str {
@@ -276,6 +307,7 @@ pub mod drop_reason {
             BACKEND_MISSING => "backend-missing",
             VIP_PROTO => "vip-protocol",
             POLICY => "policy-denied",
+            REDIRECT_FAILED => "redirect-failed",
             _ => "unknown",
         }
     }
@@ -293,8 +325,14 @@ pub mod verdict {
     pub const REJECT: u32 = 3;
     /// Dropped; see `FZ_DROPS` for the reason.
     pub const DROP: u32 = 4;
+    /// Redirected into the WireGuard device, towards another node.
+    pub const REDIRECT_TUNNEL: u32 = 5;
+    /// Arrived through the tunnel and handed to a local container.
+    pub const FROM_TUNNEL_LOCAL: u32 = 6;
+    /// Arrived through the tunnel for no local container: to the stack.
+    pub const FROM_TUNNEL_PASS: u32 = 7;
     /// One past the largest verdict.
-    pub const MAX: u32 = 5;
+    pub const MAX: u32 = 8;
 
     /// A short, stable name for tables and JSON.
     pub fn name(v: u32) -> &'static str {
@@ -304,6 +342,9 @@ pub mod verdict {
             NAT_PASS => "nat-pass",
             REJECT => "reject",
             DROP => "drop",
+            REDIRECT_TUNNEL => "redirect-tunnel",
+            FROM_TUNNEL_LOCAL => "from-tunnel-local",
+            FROM_TUNNEL_PASS => "from-tunnel-pass",
             _ => "unknown",
         }
     }
@@ -338,6 +379,10 @@ mod pod {
     unsafe impl aya::Pod for Counter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RemoteAddr {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Remote {}
 }
 
 #[cfg(test)]

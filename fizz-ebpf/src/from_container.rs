@@ -5,19 +5,21 @@
 //!    source back to the VIP);
 //! 2. otherwise, destination in the VIP range → pick a backend, create both
 //!    conntrack entries, rewrite; or reject when there is nowhere to go;
-//! 3. destination is a container on this node → decrement TTL, set MACs and
-//!    `bpf_redirect_peer` into its namespace; otherwise hand it to the stack.
+//! 3. destination is a container on this node → set MACs if needed and
+//!    `bpf_redirect_peer` into its namespace; destination in another node's
+//!    range (`FZ_REMOTES`) → `bpf_redirect` into the WireGuard device;
+//!    otherwise hand it to the stack.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::generated::bpf_redirect_peer,
+    helpers::generated::{bpf_redirect, bpf_redirect_peer},
     macros::classifier,
     programs::TcContext,
 };
 use fizz_common::{drop_reason, verdict, EndpointKey, VipKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    maps::{count, CONFIG, DROPS, ENDPOINTS, VERDICTS, VIPS},
+    maps::{count, remote, CONFIG, DROPS, ENDPOINTS, VERDICTS, VIPS},
     nat::{self, Flow},
     packet::{self, Ipv4, ETH_P_IP},
     reject,
@@ -71,14 +73,17 @@ fn try_from_container(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
     // datagram, a TCP SYN. (A segment of a connection whose SYN was refused
     // reaches a socket that does not know it, and draws a reset.)
     let setup = proto == IPPROTO_UDP || flow.tcp_flags & packet::TCP_SYN != 0;
-    match nat::translate(ctx, &ip, &flow, is_vip_range)? {
-        nat::Outcome::Translated { dst_be } => deliver(ctx, &ip, dst_be, true, false),
-        nat::Outcome::NotService => deliver(ctx, &ip, ip.hdr.dst_be, false, setup),
+    // Every outcome yields a defined destination, so that no merged path
+    // reads a register the verifier considers uninitialised.
+    let (dst_be, translated) = match nat::translate(ctx, &ip, &flow, is_vip_range)? {
+        nat::Outcome::Translated { dst_be } => (dst_be, true),
+        nat::Outcome::NotService => (ip.hdr.dst_be, false),
         nat::Outcome::Reject(reason) => {
             count(&DROPS, reason, ctx.len());
-            reject::reject(ctx, &ip, &flow).map(|(a, v)| (a, Some(v)))
+            return reject::reject(ctx, &ip, &flow).map(|(a, v)| (a, Some(v)));
         }
-    }
+    };
+    deliver(ctx, &ip, dst_be, translated, setup && !translated)
 }
 
 /// Whether `addr_be` falls in the configured service VIP range.
@@ -98,8 +103,7 @@ pub fn is_vip_range(addr_be: u32) -> bool {
 #[inline(always)]
 fn deliver(ctx: &TcContext, ip: &Ipv4, dst_be: u32, translated: bool, check_policy: bool) -> Result<(i32, Option<u32>), u32> {
     let Some(ep) = ENDPOINTS.get_ptr(EndpointKey { addr_be: dst_be }) else {
-        let v = if translated { None } else { Some(verdict::PASS) };
-        return Ok((TC_ACT_OK as i32, v));
+        return to_remote(dst_be, translated);
     };
     // SAFETY: the pointer comes from a successful map lookup and is only read.
     let ep = unsafe { *ep };
@@ -128,5 +132,24 @@ fn deliver(ctx: &TcContext, ip: &Ipv4, dst_be: u32, translated: bool, check_poli
         Ok((TC_ACT_REDIRECT as i32, (!translated).then_some(verdict::REDIRECT_LOCAL)))
     } else {
         Err(drop_reason::REWRITE_FAILED)
+    }
+}
+
+/// Sends a packet for another node's container range into the WireGuard
+/// device (its egress: the tunnel encrypts it), or hands it to the stack
+/// when no node owns the destination. The TTL is kept, as for local
+/// delivery: the cluster's container network is one segment.
+#[inline(always)]
+fn to_remote(dst_be: u32, translated: bool) -> Result<(i32, Option<u32>), u32> {
+    let Some(r) = remote(dst_be) else {
+        let v = if translated { None } else { Some(verdict::PASS) };
+        return Ok((TC_ACT_OK as i32, v));
+    };
+    // SAFETY: a plain helper call; the kernel checks the ifindex.
+    let rc = unsafe { bpf_redirect(r.ifindex, 0) };
+    if rc == i64::from(TC_ACT_REDIRECT) {
+        Ok((TC_ACT_REDIRECT as i32, (!translated).then_some(verdict::REDIRECT_TUNNEL)))
+    } else {
+        Err(drop_reason::REDIRECT_FAILED)
     }
 }

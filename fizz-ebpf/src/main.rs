@@ -5,7 +5,10 @@
 //! veth, so it sees every packet a container sends. It does service-VIP
 //! load-balancing (DNAT with conntrack, reverse NAT of replies), rejects
 //! traffic to VIPs that have nowhere to go, and hands packets for local
-//! containers straight to their veth.
+//! containers straight to their veth, or sends packets for another node's
+//! containers into the WireGuard device. `from_wireguard` runs at TC ingress
+//! of that (layer-3) device: it reverses the NAT of replies to flows this
+//! node translated, and hands packets for local containers to their veth.
 //!
 //! Every path returns an explicit TC verdict and bumps a counter: verdicts in
 //! `FZ_VERDICTS`, drops by reason in `FZ_DROPS`.
@@ -14,6 +17,7 @@
 
 mod checksum;
 mod from_container;
+mod from_wireguard;
 mod maps;
 mod nat;
 mod packet;

@@ -4,12 +4,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use fizz_common::{
     Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey, SvcKey,
     SvcValue, VipKey, VipValue, MAX_BACKENDS, MAX_BACKEND_IDS, MAX_CONNTRACK, MAX_ENDPOINTS,
-    MAX_SERVICES, MAX_VIPS, drop_reason, verdict,
+    MAX_SERVICES, MAX_VIPS, drop_reason, verdict, Remote, RemoteAddr, MAX_REMOTES,
 };
 
 #[map(name = "FZ_SERVICES")]
@@ -41,6 +41,15 @@ pub static RR: PerCpuArray<u32> = PerCpuArray::pinned(MAX_SERVICES, 0);
 
 #[map(name = "FZ_CONFIG")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map(name = "FZ_REMOTES")]
+pub static REMOTES: LpmTrie<RemoteAddr, Remote> = LpmTrie::pinned(MAX_REMOTES, 0);
+
+/// The tunnel device for `addr_be` when it lies in another node's range.
+#[inline(always)]
+pub fn remote(addr_be: u32) -> Option<Remote> {
+    REMOTES.get(Key::new(32, RemoteAddr { addr_be })).copied()
+}
 
 /// Adds one packet of `len` bytes to entry `index` of a per-CPU counter map.
 #[inline(always)]

@@ -13,7 +13,7 @@ use fizz_common::{
 
 use crate::{
     maps::{count, BACKENDS, BACKEND_STATS, CONNTRACK, ENDPOINTS, RR, SERVICES, VIPS},
-    packet::{self, Ipv4, IP_CSUM, IP_DST, IP_OFF, IP_SRC, L4_DPORT, L4_SPORT, TCP_CSUM, UDP_CSUM},
+    packet::{self, Ipv4, IP_CSUM, IP_DST, IP_SRC, L4_DPORT, L4_SPORT, TCP_CSUM, UDP_CSUM},
 };
 
 /// How often a conntrack entry's `last_seen_ns` is refreshed at most.
@@ -198,8 +198,8 @@ fn rewrite_addr(ctx: &TcContext, ip: &Ipv4, dst: bool, old_be: u32, new_be: u32)
     let fail = |_| drop_reason::REWRITE_FAILED;
     ctx.l4_csum_replace(csum_off, u64::from(old_be), u64::from(new_be), u64::from(BPF_F_PSEUDO_HDR) | mangled | 4)
         .map_err(fail)?;
-    ctx.l3_csum_replace(IP_OFF + IP_CSUM, u64::from(old_be), u64::from(new_be), 4).map_err(fail)?;
-    packet::store(ctx, IP_OFF + if dst { IP_DST } else { IP_SRC }, &new_be)
+    ctx.l3_csum_replace(ip.ip_off + IP_CSUM, u64::from(old_be), u64::from(new_be), 4).map_err(fail)?;
+    packet::store(ctx, ip.ip_off + if dst { IP_DST } else { IP_SRC }, &new_be)
 }
 
 /// A new TCP connection (a SYN) reuses the ports of an older flow: entries
@@ -316,9 +316,9 @@ fn rewrite(
             u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
         )
         .map_err(fail)?;
-        ctx.l3_csum_replace(IP_OFF + IP_CSUM, u64::from(old_addr_be), u64::from(new_addr_be), 4)
+        ctx.l3_csum_replace(ip.ip_off + IP_CSUM, u64::from(old_addr_be), u64::from(new_addr_be), 4)
             .map_err(fail)?;
-        packet::store(ctx, IP_OFF + addr_off, &new_addr_be)?;
+        packet::store(ctx, ip.ip_off + addr_off, &new_addr_be)?;
     }
     if old_port_be != new_port_be {
         ctx.l4_csum_replace(csum_off, u64::from(old_port_be), u64::from(new_port_be), mangled | 2)

@@ -7,7 +7,10 @@ use fizz_common::drop_reason;
 
 pub const ETH_LEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
+/// Offset of the IPv4 header behind an Ethernet header (container veths).
 pub const IP_OFF: usize = ETH_LEN;
+/// Offset of the IPv4 header on a layer-3 device (the WireGuard TUN).
+pub const IP_OFF_L3: usize = 0;
 /// Offsets inside the IPv4 header.
 pub const IP_CSUM: usize = 10;
 pub const IP_SRC: usize = 12;
@@ -43,6 +46,8 @@ pub struct Ipv4Hdr {
 #[derive(Clone, Copy)]
 pub struct Ipv4 {
     pub hdr: Ipv4Hdr,
+    /// Offset of the IPv4 header (`IP_OFF` or `IP_OFF_L3`).
+    pub ip_off: usize,
     /// Offset of the transport header (after IP options).
     pub l4_off: usize,
     /// More-fragments set or a non-zero fragment offset.
@@ -66,7 +71,13 @@ pub fn store<T>(ctx: &TcContext, offset: usize, v: &T) -> Result<(), u32> {
 /// Parses the IPv4 header that follows the Ethernet header.
 #[inline(always)]
 pub fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4, u32> {
-    let hdr: Ipv4Hdr = load(ctx, IP_OFF)?;
+    parse_ipv4_at(ctx, IP_OFF)
+}
+
+/// Parses the IPv4 header at `ip_off`.
+#[inline(always)]
+pub fn parse_ipv4_at(ctx: &TcContext, ip_off: usize) -> Result<Ipv4, u32> {
+    let hdr: Ipv4Hdr = load(ctx, ip_off)?;
     if hdr.ver_ihl >> 4 != 4 {
         return Err(drop_reason::BAD_IP_HEADER);
     }
@@ -81,7 +92,8 @@ pub fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4, u32> {
     let frag = u16::from_be(hdr.frag_off_be);
     Ok(Ipv4 {
         hdr,
-        l4_off: IP_OFF + ihl,
+        ip_off,
+        l4_off: ip_off + ihl,
         is_fragment: frag & 0x3fff != 0,
         later_fragment: frag & 0x1fff != 0,
     })

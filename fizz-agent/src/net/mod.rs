@@ -7,6 +7,7 @@ pub mod inspect;
 pub mod netns;
 pub mod plumb;
 pub mod service;
+pub mod wireguard;
 
 pub use ebpf::{Datapath, DatapathConfig};
 pub use service::{Proto, ServiceSpec};

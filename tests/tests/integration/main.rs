@@ -5,6 +5,7 @@
 mod agent;
 mod cli;
 mod cluster;
+mod cross_node;
 mod docker;
 mod prog;
 mod vip;

@@ -4,10 +4,15 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use std::net::Ipv4Addr;
+
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+};
 use fizz_common::{
     map_names, Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey,
-    SvcKey, SvcValue, VipKey, VipValue,
+    Remote, RemoteAddr, SvcKey, SvcValue, VipKey, VipValue,
 };
 
 use super::Error;
@@ -133,6 +138,61 @@ impl ConfigMap {
     }
 }
 
+/// The container ranges of other nodes (`FZ_REMOTES`, an LPM trie), keyed
+/// by network address and prefix length.
+pub struct Remotes {
+    map: LpmTrie<MapData, RemoteAddr, Remote>,
+}
+
+impl Remotes {
+    fn open(dir: &Path) -> Result<Self, Error> {
+        let map = LpmTrie::try_from(open(dir, map_names::REMOTES)?).map_err(map_err(map_names::REMOTES))?;
+        Ok(Remotes { map })
+    }
+
+    fn key(net: Ipv4Addr, prefix: u8) -> Key<RemoteAddr> {
+        Key::new(u32::from(prefix), RemoteAddr { addr_be: u32::from(net).to_be() })
+    }
+
+    /// The entry for exactly `net/prefix`, if any.
+    pub fn get(&self, net: Ipv4Addr, prefix: u8) -> Result<Option<Remote>, Error> {
+        match self.map.get(&Self::key(net, prefix), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(map_names::REMOTES)(e)),
+        }
+    }
+
+    /// Inserts or replaces `net/prefix`.
+    pub fn set(&mut self, net: Ipv4Addr, prefix: u8, value: &Remote) -> Result<(), Error> {
+        self.map.insert(&Self::key(net, prefix), value, 0).map_err(map_err(map_names::REMOTES))
+    }
+
+    /// Deletes `net/prefix`; a missing entry is not an error.
+    pub fn remove(&mut self, net: Ipv4Addr, prefix: u8) -> Result<(), Error> {
+        match self.map.remove(&Self::key(net, prefix)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(map_names::REMOTES)(e)),
+        }
+    }
+
+    /// Every entry, as `(network, prefix length, value)`.
+    pub fn entries(&self) -> Result<Vec<(Ipv4Addr, u8, Remote)>, Error> {
+        let mut out = Vec::new();
+        for item in self.map.iter() {
+            match item {
+                Ok((k, v)) => {
+                    let data = k.data();
+                    out.push((Ipv4Addr::from(u32::from_be(data.addr_be)), k.prefix_len() as u8, v));
+                }
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(map_names::REMOTES)(e)),
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// All the datapath's maps, opened from a pin directory.
 pub struct Maps {
     pub dir: PathBuf,
@@ -145,6 +205,7 @@ pub struct Maps {
     pub drops: Counters,
     pub verdicts: Counters,
     pub config: ConfigMap,
+    pub remotes: Remotes,
 }
 
 impl Maps {
@@ -161,6 +222,7 @@ impl Maps {
             drops: Counters::open(dir, map_names::DROPS)?,
             verdicts: Counters::open(dir, map_names::VERDICTS)?,
             config: ConfigMap::open(dir)?,
+            remotes: Remotes::open(dir)?,
         })
     }
 }

@@ -1,16 +1,20 @@
 //! The eBPF datapath: loading and pinning the programs and maps, attaching
-//! `from_container` to container veths, and writing services, backends and
-//! endpoints into the maps. The only module that uses aya.
+//! `from_container` to container veths and `from_wireguard` to the node's
+//! WireGuard device, and writing services, backends, endpoints and other
+//! nodes' ranges into the maps. The only module that uses aya.
 //!
 //! Pin layout under a node's pin directory (on bpffs):
 //! - `maps-v<ABI_VERSION>/FZ_*`: every map, pinned by name by the loader (a
 //!   new map layout gets a new directory, never old pins);
-//! - `from_container`: the TC program;
-//! - `links/<ifname>@<ifindex>`: one TCX link per attached veth (bpffs allows no dots in names).
+//! - `from_container`, `from_wireguard`: the TC programs;
+//! - `links/<ifname>@<ifindex>`: one TCX link per attached veth (bpffs allows no dots in names);
+//! - `wg-links/<ifname>@<ifindex>`: the TCX link of `from_wireguard` on the WireGuard device.
 //!
 //! Everything lives in pins, so an agent that exits leaves the datapath
 //! running, and the next one adopts it: same maps, same links; the program
-//! is replaced in place (`bpf_link_update`) only when its code changed.
+//! is replaced in place (`bpf_link_update`) only when its code changed. (The
+//! userspace WireGuard device lives in the agent's process, so its link
+//! outlives it only as a pin that `gc_links` removes.)
 
 pub mod maps;
 pub mod test_run;
@@ -29,11 +33,11 @@ use aya::{
         tc::{SchedClassifierLink, TcAttachOptions},
         SchedClassifier, TcAttachType,
     },
-    EbpfLoader,
+    Ebpf, EbpfLoader,
 };
 use fizz_common::{
-    Backend, BackendKey, Config, CtKey, Endpoint, EndpointKey, SvcKey, SvcValue, VipKey, VipValue,
-    PROG_FROM_CONTAINER,
+    Backend, BackendKey, Config, CtKey, Endpoint, EndpointKey, Remote, SvcKey, SvcValue, VipKey,
+    VipValue, PROG_FROM_CONTAINER, PROG_FROM_WIREGUARD,
 };
 
 pub use self::maps::Maps;
@@ -83,7 +87,15 @@ pub enum Error {
     /// The VIP range is not a valid IPv4 prefix.
     #[error("VIP range {0}/{1} is not a valid IPv4 prefix")]
     BadVipRange(Ipv4Addr, u8),
+    /// A remote node's range is not a valid IPv4 prefix.
+    #[error("remote range {0}/{1} is not a valid IPv4 prefix")]
+    BadRemoteRange(Ipv4Addr, u8),
 }
+
+/// Where the links of `from_container` are pinned, under the pin directory.
+const LINKS: &str = "links";
+/// Where the link of `from_wireguard` is pinned, under the pin directory.
+const WG_LINKS: &str = "wg-links";
 
 /// What the datapath needs to know at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,6 +202,7 @@ pub fn ifname(index: u32) -> Option<String> {
 pub struct Datapath {
     pin_dir: PathBuf,
     prog: SchedClassifier,
+    wg_prog: SchedClassifier,
     maps: Maps,
     ids: IdSpace,
     installed: BTreeMap<Frontend, Installed>,
@@ -202,7 +215,7 @@ impl Datapath {
         ensure_bpffs(pin_dir)?;
         check_bpffs(pin_dir)?;
         let maps_dir = maps_dir(pin_dir);
-        for d in [pin_dir.to_path_buf(), maps_dir.clone(), pin_dir.join("links")] {
+        for d in [pin_dir.to_path_buf(), maps_dir.clone(), pin_dir.join(LINKS), pin_dir.join(WG_LINKS)] {
             std::fs::create_dir_all(&d).map_err(io(format!("creating {}", d.display())))?;
         }
         // Maps pinned by name are reused when their pins exist.
@@ -210,38 +223,15 @@ impl Datapath {
             .default_map_pin_directory(&maps_dir)
             .load(OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
-        let prog_pin = pin_dir.join(PROG_FROM_CONTAINER);
-        let fresh: &mut SchedClassifier = ebpf
-            .program_mut(PROG_FROM_CONTAINER)
-            .ok_or(Error::NoProgram(PROG_FROM_CONTAINER))?
-            .try_into()
-            .map_err(|source| Error::Program { what: "program type".into(), source })?;
-        fresh
-            .load()
-            .map_err(|source| Error::Program { what: format!("loading {PROG_FROM_CONTAINER}"), source })?;
-
-        let reuse = match SchedClassifier::from_pin(&prog_pin) {
-            Ok(pinned) if same_code(&pinned, fresh) => true,
-            Ok(_old) => {
-                // New code: move every link to it, then replace the pin.
-                upgrade_links(pin_dir, fresh)?;
-                std::fs::remove_file(&prog_pin).map_err(io(format!("unpinning {}", prog_pin.display())))?;
-                false
-            }
-            Err(_) => false,
-        };
-        if !reuse {
-            pin_program(fresh, &prog_pin)?;
-        }
-        // The pin holds the program now; the loader's copy can go.
+        let prog = adopt_program(&mut ebpf, PROG_FROM_CONTAINER, pin_dir, LINKS)?;
+        let wg_prog = adopt_program(&mut ebpf, PROG_FROM_WIREGUARD, pin_dir, WG_LINKS)?;
+        // The pins hold the programs now; the loader's copies can go.
         drop(ebpf);
-        let prog = SchedClassifier::from_pin(&prog_pin)
-            .map_err(|source| Error::Program { what: format!("opening {}", prog_pin.display()), source })?;
 
         let mut maps = Maps::open(&maps_dir)?;
         maps.config.set(&cfg)?;
         let (installed, ids) = read_installed(&maps)?;
-        Ok(Datapath { pin_dir: pin_dir.to_path_buf(), prog, maps, ids, installed })
+        Ok(Datapath { pin_dir: pin_dir.to_path_buf(), prog, wg_prog, maps, ids, installed })
     }
 
     /// The pin directory.
@@ -259,43 +249,63 @@ impl Datapath {
         &self.prog
     }
 
+    /// The WireGuard ingress program, for test runs and statistics.
+    pub fn wireguard_program(&self) -> &SchedClassifier {
+        &self.wg_prog
+    }
+
     fn link_pin(&self, name: &str, index: u32) -> PathBuf {
-        self.pin_dir.join("links").join(format!("{name}@{index}"))
+        self.pin_dir.join(LINKS).join(format!("{name}@{index}"))
     }
 
     /// Attaches `from_container` at TCX ingress of `ifname` (in the calling
     /// thread's network namespace). Attaching twice is a no-op.
     pub fn attach(&mut self, ifname: &str) -> Result<(), Error> {
-        let index = ifindex(ifname)?;
-        let pin = self.link_pin(ifname, index);
-        if pin.exists() {
-            return Ok(());
-        }
-        let id = self
-            .prog
-            .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-            .map_err(|source| Error::Program { what: format!("attaching to {ifname} ingress"), source })?;
-        let link = self
-            .prog
-            .take_link(id)
-            .map_err(|source| Error::Program { what: format!("taking the link on {ifname}"), source })?;
-        let fd: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| Error::Link { what: format!("link on {ifname}"), source: Box::new(e) })?;
-        fd.pin(&pin)
-            .map_err(|e| Error::Link { what: format!("pinning the link on {ifname}"), source: Box::new(e) })?;
-        Ok(())
+        let pin = self.link_pin(ifname, ifindex(ifname)?);
+        attach_pinned(&mut self.prog, ifname, &pin)
     }
 
     /// Detaches from `ifname`, if attached.
     pub fn detach(&mut self, ifname: &str) -> Result<(), Error> {
-        let index = ifindex(ifname)?;
-        let pin = self.link_pin(ifname, index);
-        match std::fs::remove_file(&pin) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(format!("unpinning {}", pin.display()))(e)),
-        }
+        let pin = self.link_pin(ifname, ifindex(ifname)?);
+        unpin(&pin)
+    }
+
+    /// Attaches `from_wireguard` at TCX ingress of the WireGuard device
+    /// `ifname` (in the calling thread's network namespace). Attaching twice
+    /// is a no-op.
+    pub fn attach_wireguard(&mut self, ifname: &str) -> Result<(), Error> {
+        let pin = self.pin_dir.join(WG_LINKS).join(format!("{ifname}@{}", ifindex(ifname)?));
+        attach_pinned(&mut self.wg_prog, ifname, &pin)
+    }
+
+    /// Detaches `from_wireguard` from `ifname`, if attached.
+    pub fn detach_wireguard(&mut self, ifname: &str) -> Result<(), Error> {
+        let pin = self.pin_dir.join(WG_LINKS).join(format!("{ifname}@{}", ifindex(ifname)?));
+        unpin(&pin)
+    }
+
+    /// The WireGuard devices attached now, as `(name, index)`.
+    pub fn attached_wireguard(&self) -> Result<Vec<(String, u32)>, Error> {
+        list_links_in(&self.pin_dir.join(WG_LINKS))
+    }
+
+    /// Declares another node's container range: packets from local
+    /// containers to `net/prefix` go into the WireGuard device `ifindex`.
+    pub fn set_remote(&mut self, net: Ipv4Addr, prefix: u8, ifindex: u32) -> Result<(), Error> {
+        check_prefix(net, prefix).ok_or(Error::BadRemoteRange(net, prefix))?;
+        self.maps.remotes.set(net, prefix, &Remote { ifindex })
+    }
+
+    /// Forgets another node's container range.
+    pub fn remove_remote(&mut self, net: Ipv4Addr, prefix: u8) -> Result<(), Error> {
+        check_prefix(net, prefix).ok_or(Error::BadRemoteRange(net, prefix))?;
+        self.maps.remotes.remove(net, prefix)
+    }
+
+    /// The remote ranges declared now, as `(network, prefix, ifindex)`.
+    pub fn remotes(&self) -> Result<Vec<(Ipv4Addr, u8, u32)>, Error> {
+        Ok(self.maps.remotes.entries()?.into_iter().map(|(n, p, r)| (n, p, r.ifindex)).collect())
     }
 
     /// The interfaces attached now, as `(name, index)`.
@@ -307,11 +317,14 @@ impl Datapath {
     /// Returns how many were removed.
     pub fn gc_links(&mut self) -> Result<usize, Error> {
         let mut n = 0;
-        for (name, index) in list_links(&self.pin_dir)? {
-            if ifname(index).as_deref() != Some(name.as_str()) {
-                let pin = self.link_pin(&name, index);
-                std::fs::remove_file(&pin).map_err(io(format!("unpinning {}", pin.display())))?;
-                n += 1;
+        for dir in [LINKS, WG_LINKS] {
+            let dir = self.pin_dir.join(dir);
+            for (name, index) in list_links_in(&dir)? {
+                if ifname(index).as_deref() != Some(name.as_str()) {
+                    let pin = dir.join(format!("{name}@{index}"));
+                    std::fs::remove_file(&pin).map_err(io(format!("unpinning {}", pin.display())))?;
+                    n += 1;
+                }
             }
         }
         Ok(n)
@@ -458,6 +471,74 @@ fn svc_key(fe: &Frontend) -> SvcKey {
     SvcKey { vip_be: u32::from(fe.vip).to_be(), port_be: fe.port.to_be(), proto: fe.proto.number(), _pad: 0 }
 }
 
+/// The network address and mask of `net/prefix`, if it is a valid prefix
+/// (no host bits set).
+fn check_prefix(net: Ipv4Addr, prefix: u8) -> Option<u32> {
+    if prefix > 32 {
+        return None;
+    }
+    let mask: u32 = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+    (u32::from(net) & !mask == 0).then_some(mask)
+}
+
+/// Loads program `name` from the object, or adopts the pinned one when its
+/// code is the same. New code is moved onto every link pinned under
+/// `links` first, then pinned in place of the old.
+fn adopt_program(ebpf: &mut Ebpf, name: &'static str, pin_dir: &Path, links: &str) -> Result<SchedClassifier, Error> {
+    let prog_pin = pin_dir.join(name);
+    let fresh: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(Error::NoProgram(name))?
+        .try_into()
+        .map_err(|source| Error::Program { what: format!("program type of {name}"), source })?;
+    fresh.load().map_err(|source| Error::Program { what: format!("loading {name}"), source })?;
+
+    let reuse = match SchedClassifier::from_pin(&prog_pin) {
+        Ok(pinned) if same_code(&pinned, fresh) => true,
+        Ok(_old) => {
+            // New code: move every link to it, then replace the pin.
+            upgrade_links(&pin_dir.join(links), fresh)?;
+            std::fs::remove_file(&prog_pin).map_err(io(format!("unpinning {}", prog_pin.display())))?;
+            false
+        }
+        Err(_) => false,
+    };
+    if !reuse {
+        pin_program(fresh, &prog_pin)?;
+    }
+    SchedClassifier::from_pin(&prog_pin)
+        .map_err(|source| Error::Program { what: format!("opening {}", prog_pin.display()), source })
+}
+
+/// Attaches `prog` at TCX ingress of `ifname` and pins the link at `pin`;
+/// a link already pinned there is kept.
+fn attach_pinned(prog: &mut SchedClassifier, ifname: &str, pin: &Path) -> Result<(), Error> {
+    if pin.exists() {
+        return Ok(());
+    }
+    let id = prog
+        .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .map_err(|source| Error::Program { what: format!("attaching to {ifname} ingress"), source })?;
+    let link = prog
+        .take_link(id)
+        .map_err(|source| Error::Program { what: format!("taking the link on {ifname}"), source })?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| Error::Link { what: format!("link on {ifname}"), source: Box::new(e) })?;
+    fd.pin(pin)
+        .map_err(|e| Error::Link { what: format!("pinning the link on {ifname}"), source: Box::new(e) })?;
+    Ok(())
+}
+
+/// Removes a link pin (detaching the program); a missing pin is not an error.
+fn unpin(pin: &Path) -> Result<(), Error> {
+    match std::fs::remove_file(pin) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(format!("unpinning {}", pin.display()))(e)),
+    }
+}
+
 fn same_code(a: &SchedClassifier, b: &SchedClassifier) -> bool {
     match (a.info(), b.info()) {
         (Ok(a), Ok(b)) => a.tag() == b.tag(),
@@ -470,10 +551,10 @@ fn pin_program(prog: &mut SchedClassifier, path: &Path) -> Result<(), Error> {
         .map_err(|e| Error::Link { what: format!("pinning the program at {}", path.display()), source: Box::new(e) })
 }
 
-/// Points every pinned link at `new` (an upgrade: atomic per interface).
-fn upgrade_links(pin_dir: &Path, new: &mut SchedClassifier) -> Result<(), Error> {
-    for (name, index) in list_links(pin_dir)? {
-        let path = pin_dir.join("links").join(format!("{name}@{index}"));
+/// Points every link pinned in `dir` at `new` (an upgrade: atomic per interface).
+fn upgrade_links(dir: &Path, new: &mut SchedClassifier) -> Result<(), Error> {
+    for (name, index) in list_links_in(dir)? {
+        let path = dir.join(format!("{name}@{index}"));
         let what = format!("updating the link on {name}");
         let pinned = PinnedLink::from_pin(&path).map_err(|e| Error::Link { what: what.clone(), source: Box::new(e) })?;
         let fd: FdLink = pinned.into();
@@ -486,10 +567,15 @@ fn upgrade_links(pin_dir: &Path, new: &mut SchedClassifier) -> Result<(), Error>
     Ok(())
 }
 
-/// Parses `links/<name>@<index>` entries: the interfaces with a pinned link.
+/// Parses `links/<name>@<index>` entries: the interfaces with a pinned link
+/// of `from_container`.
 pub fn list_links(pin_dir: &Path) -> Result<Vec<(String, u32)>, Error> {
-    let dir = pin_dir.join("links");
-    let rd = match std::fs::read_dir(&dir) {
+    list_links_in(&pin_dir.join(LINKS))
+}
+
+/// Parses the `<name>@<index>` link pins in `dir`.
+fn list_links_in(dir: &Path) -> Result<Vec<(String, u32)>, Error> {
+    let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io(format!("reading {}", dir.display()))(e)),

@@ -1,0 +1,103 @@
+//! `from_wireguard`: TC ingress of the node's WireGuard device, a layer-3
+//! TUN device, so packets start at the IPv4 header (no Ethernet header).
+//! It sees every packet another node sent through the tunnel, decrypted.
+//!
+//! Order of work for an IPv4 packet:
+//! 1. TCP/UDP: a conntrack hit rewrites it. This is how the reply of a flow
+//!    that this node load-balanced to a backend on another node gets its
+//!    VIP back: the backend's node has no conntrack entry for the flow (it
+//!    was translated here), so it routes the reply by address, through the
+//!    tunnel, and the reverse NAT happens on arrival. No service lookup is
+//!    done: the sending node already translated anything addressed to a VIP.
+//! 2. The destination is a container on this node → `bpf_redirect_peer`
+//!    into its namespace. (A plain `bpf_redirect` to the veth's egress does
+//!    not deliver from a TUN device.) Otherwise the stack has it.
+//!
+//! Network policy is not checked here: the source's networks are known only
+//! on its own node, which checked them when the flow was set up.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::generated::bpf_redirect_peer,
+    macros::classifier,
+    programs::TcContext,
+};
+use fizz_common::{drop_reason, verdict, EndpointKey, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::{
+    maps::{count, DROPS, ENDPOINTS, VERDICTS},
+    nat::{self, Flow},
+    packet::{self, IP_OFF_L3},
+};
+
+#[classifier]
+pub fn from_wireguard(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    match try_from_wireguard(&ctx) {
+        Ok((action, Some(v))) => {
+            count(&VERDICTS, v, len);
+            action
+        }
+        // Service traffic: already counted per backend.
+        Ok((action, None)) => action,
+        Err(reason) => {
+            count(&DROPS, reason, len);
+            count(&VERDICTS, verdict::DROP, len);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+/// Returns the TC action and the verdict to count (none for service
+/// traffic, counted per backend), or the drop reason.
+#[inline(always)]
+fn try_from_wireguard(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
+    let pass = Ok((TC_ACT_OK as i32, Some(verdict::FROM_TUNNEL_PASS)));
+    let Ok(ver_ihl) = ctx.load::<u8>(IP_OFF_L3) else {
+        return pass;
+    };
+    if ver_ihl >> 4 != 4 {
+        return pass;
+    }
+    let ip = packet::parse_ipv4_at(ctx, IP_OFF_L3)?;
+    let proto = ip.hdr.proto;
+    let mut dst_be = ip.hdr.dst_be;
+    let mut translated = false;
+    if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && !ip.later_fragment {
+        let flow = Flow::parse(ctx, &ip)?;
+        match nat::translate(ctx, &ip, &flow, never_vip)? {
+            nat::Outcome::Translated { dst_be: d } => {
+                dst_be = d;
+                translated = true;
+            }
+            nat::Outcome::NotService => {}
+            // Unreachable without a service lookup; counted if it ever is.
+            nat::Outcome::Reject(reason) => return Err(reason),
+        }
+    }
+
+    let Some(ep) = ENDPOINTS.get_ptr(EndpointKey { addr_be: dst_be }) else {
+        return Ok((
+            TC_ACT_OK as i32,
+            (!translated).then_some(verdict::FROM_TUNNEL_PASS),
+        ));
+    };
+    // SAFETY: the pointer comes from a successful map lookup and is only read.
+    let ifindex = unsafe { (*ep).ifindex };
+    // SAFETY: a plain helper call; the kernel checks the ifindex.
+    let rc = unsafe { bpf_redirect_peer(ifindex, 0) };
+    if rc == i64::from(TC_ACT_REDIRECT) {
+        Ok((
+            TC_ACT_REDIRECT as i32,
+            (!translated).then_some(verdict::FROM_TUNNEL_LOCAL),
+        ))
+    } else {
+        Err(drop_reason::REDIRECT_FAILED)
+    }
+}
+
+/// Packets from the tunnel never start a service flow here.
+#[inline(always)]
+fn never_vip(_addr_be: u32) -> bool {
+    false
+}
