@@ -315,11 +315,15 @@ pub fn down(layout: &Layout) -> Result<(), DevError> {
             unsafe { libc::kill(pid, libc::SIGTERM) };
             let start = Instant::now();
             // SAFETY: probing with signal 0 has no effect.
-            while unsafe { libc::kill(pid, 0) } == 0 && start.elapsed() < Duration::from_secs(10) {
+            while unsafe { libc::kill(pid, 0) } == 0 && start.elapsed() < Duration::from_secs(20) {
                 std::thread::sleep(Duration::from_millis(50));
             }
+            // SAFETY: as above; an agent that did not stop in time is killed.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         let _ = std::fs::remove_file(&pf);
+        // A killed agent leaves its WireGuard control socket behind.
+        let _ = std::fs::remove_file(crate::net::wireguard::socket_path(&crate::agent::wg_ifname(&node.name)));
         if let Ok(ids) = sh(&["docker", "ps", "-aq", "--filter", &format!("label=fizz.node={}", node.name)]) {
             let ids: Vec<&str> = ids.split_whitespace().collect();
             if !ids.is_empty() {

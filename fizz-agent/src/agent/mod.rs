@@ -20,7 +20,7 @@ use std::{
 
 use tokio::sync::oneshot;
 
-pub use self::run::{host_if as host_if_name, run};
+pub use self::run::{host_if as host_if_name, run, wg_ifname};
 use self::{ipam::Cidr, plan::ProjectPlan};
 use crate::{api, docker::ContainerInfo};
 
@@ -48,6 +48,8 @@ pub struct Config {
     pub gossip_port: u16,
     /// The address peers reach this node at (default: its first global IPv4).
     pub advertise: Option<Ipv4Addr>,
+    /// The UDP port of this node's WireGuard device.
+    pub wg_port: u16,
 }
 
 /// What an API call can fail with; the message goes to the user.

@@ -21,6 +21,7 @@ use crate::{
     api,
     dns::{Records, Server as DnsServer, SharedRecords},
     gossip::{self, GossipConfig, GossipHandle},
+    net::wireguard::{PeerConfig, PrivateKey, PublicKey, WireGuard, WireGuardConfig},
     docker::{ContainerInfo, Docker, RunState},
     net::{
         conntrack::Timeouts,
@@ -73,9 +74,21 @@ struct Agent {
     docker_error: Option<String>,
     /// Cluster membership, once this node is in a cluster.
     gossip: Option<GossipHandle>,
+    /// This node's WireGuard device, once in a cluster, and the peers set
+    /// on it (node name → public key and range).
+    wg: Option<WireGuard>,
+    wg_peers: BTreeMap<String, (PublicKey, Ipv4Addr, u8)>,
     /// The names the DNS server answers, replaced after each pass.
     records: SharedRecords,
     _dns: DnsServer,
+}
+
+/// The name of a node's WireGuard device: unique on the machine (the
+/// userspace device's control socket is named after it), stable per node.
+pub fn wg_ifname(node: &str) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    node.hash(&mut h);
+    format!("fzw{:08x}", h.finish() as u32)
 }
 
 /// The host end of a container's veth: the prefix and a hash of its name.
@@ -133,6 +146,8 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         docker_ok: true,
         docker_error: None,
         gossip: None,
+        wg: None,
+        wg_peers: BTreeMap::new(),
         records,
         _dns: dns,
     };
@@ -177,6 +192,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             _ = tick.tick() => {
                 dirty = true;
                 agent.remember_peers();
+                agent.sync_mesh();
             }
             _ = gc.tick() => agent.gc(),
             _ = tokio::signal::ctrl_c() => break,
@@ -187,6 +203,12 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     if let Some(g) = agent.gossip.take() {
         // A graceful leave: the others see this node go at once.
         let _ = tokio::time::timeout(Duration::from_secs(2), g.leave()).await;
+    }
+    // The userspace device does not end with the process on its own.
+    if let Some(wg) = agent.wg.take() {
+        if let Err(e) = wg.destroy() {
+            eprintln!("fizz agent: removing the WireGuard device: {e}");
+        }
     }
     eprintln!("fizz agent: stopping; containers and the datapath keep running");
     Ok(())
@@ -295,6 +317,84 @@ impl Agent {
         }
     }
 
+    /// Creates this node's WireGuard device (key kept in the state
+    /// directory) and attaches `from_wireguard` to it; returns its public key.
+    fn start_wireguard(&mut self) -> Result<PublicKey, String> {
+        let key_path = self.cfg.state_dir.join("wg.key");
+        let key = match std::fs::read(&key_path) {
+            Ok(b) if b.len() == 32 => {
+                let mut k = [0u8; 32];
+                k.copy_from_slice(&b);
+                PrivateKey::from_bytes(k)
+            }
+            _ => {
+                let k = PrivateKey::generate();
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&key_path)
+                    .map_err(|e| format!("{}: {e}", key_path.display()))?;
+                std::io::Write::write_all(&mut f, &k.to_bytes()).map_err(|e| format!("{}: {e}", key_path.display()))?;
+                k
+            }
+        };
+        let public = key.public_key();
+        let cfg = WireGuardConfig {
+            ifname: wg_ifname(&self.cfg.node),
+            private_key: key,
+            listen_port: self.cfg.wg_port,
+            mtu: crate::net::wireguard::DEFAULT_MTU,
+        };
+        let wg = WireGuard::create("/proc/thread-self/ns/net", &cfg).map_err(|e| format!("WireGuard device {}: {e}", cfg.ifname))?;
+        self.dp.attach_wireguard(wg.ifname()).map_err(|e| format!("attaching to {}: {e}", wg.ifname()))?;
+        self.wg = Some(wg);
+        Ok(public)
+    }
+
+    /// Brings the WireGuard peers and the datapath's remote ranges in line
+    /// with the live members: one peer per other node, its range routed
+    /// into the tunnel; members that are down lose both.
+    fn sync_mesh(&mut self) {
+        let (Some(g), Some(wg)) = (&self.gossip, &self.wg) else { return };
+        let mut want: BTreeMap<String, (PublicKey, Ipv4Addr, u8, std::net::SocketAddr)> = BTreeMap::new();
+        for m in g.members() {
+            if m.name == self.cfg.node || m.state == gossip::MemberState::Down {
+                continue;
+            }
+            let Ok(key) = m.wg_pubkey.parse::<PublicKey>() else { continue };
+            let Some((net, len)) = m.range.split_once('/').and_then(|(n, l)| Some((n.parse::<Ipv4Addr>().ok()?, l.parse::<u8>().ok()?))) else {
+                continue;
+            };
+            want.insert(m.name.clone(), (key, net, len, std::net::SocketAddr::new(m.addr.ip(), self.cfg.wg_port)));
+        }
+        let ifindex = wg.ifindex();
+        let gone: Vec<String> = self.wg_peers.keys().filter(|n| !want.contains_key(*n)).cloned().collect();
+        for name in gone {
+            if let Some((key, net, len)) = self.wg_peers.remove(&name) {
+                let _ = wg.remove_peer(&key);
+                let _ = self.dp.remove_remote(net, len);
+            }
+        }
+        for (name, (key, net, len, endpoint)) in want {
+            if self.wg_peers.get(&name) == Some(&(key.clone(), net, len)) {
+                continue;
+            }
+            let peer = PeerConfig { public_key: key.clone(), endpoint, allowed: vec![(net, len)] };
+            if let Err(e) = wg.set_peer(&peer) {
+                eprintln!("fizz agent: WireGuard peer {name}: {e}");
+                continue;
+            }
+            if let Err(e) = self.dp.set_remote(net, len, ifindex) {
+                eprintln!("fizz agent: route to {name}: {e}");
+                continue;
+            }
+            self.wg_peers.insert(name, (key, net, len));
+        }
+    }
+
     async fn start_gossip(&mut self, secret: &[u8; 32]) -> Result<(), String> {
         let ip = match self.cfg.advertise {
             Some(ip) => ip,
@@ -309,7 +409,10 @@ impl Agent {
             advertise: Some(SocketAddr::from((ip, self.cfg.gossip_port))),
             name: self.cfg.node.clone(),
             range: format!("{}/{}", self.cfg.range.net, self.cfg.range.len),
-            wg_pubkey: String::new(),
+            wg_pubkey: match &self.wg {
+                Some(wg) => wg.public_key().to_string(),
+                None => self.start_wireguard()?.to_string(),
+            },
             generation,
             key: gossip::crypto::Key::derive(secret),
             tuning: gossip::Tuning::default(),
@@ -351,10 +454,19 @@ impl Agent {
         let Some(g) = &self.gossip else {
             return api::NodesResponse { clustered: false, nodes: Vec::new() };
         };
+        let handshakes: Vec<(String, Option<u64>)> = self
+            .wg
+            .as_ref()
+            .and_then(|wg| wg.peers().ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.public_key.to_string(), p.last_handshake.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs())))
+            .collect();
         let nodes = g
             .members()
             .into_iter()
             .map(|m| api::NodeView {
+                wg_handshake_secs: handshakes.iter().find(|(k, _)| *k == m.wg_pubkey).and_then(|(_, s)| *s),
                 local: m.name == self.cfg.node,
                 state: match m.state {
                     gossip::MemberState::Alive => "alive",

@@ -121,6 +121,10 @@ pub struct NodeView {
     pub wg_pubkey: String,
     /// Grows each time the node's agent restarts.
     pub generation: u64,
+    /// Seconds since the last WireGuard handshake with this node (none yet,
+    /// or this node itself: `None`).
+    #[serde(default)]
+    pub wg_handshake_secs: Option<u64>,
     /// Whether this is the node that answered.
     pub local: bool,
 }

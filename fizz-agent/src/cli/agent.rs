@@ -30,9 +30,13 @@ pub struct Args {
     /// Upstream DNS servers for names outside the cluster (default: /etc/resolv.conf).
     #[arg(long, value_delimiter = ',')]
     dns_upstream: Vec<SocketAddr>,
-    /// MTU of container interfaces.
-    #[arg(long, default_value_t = 1500)]
+    /// MTU of container interfaces (leaves room for WireGuard's overhead
+    /// on a 1500-byte network).
+    #[arg(long, default_value_t = crate::net::wireguard::DEFAULT_MTU)]
     mtu: u32,
+    /// UDP port of this node's WireGuard device.
+    #[arg(long, default_value_t = crate::net::wireguard::DEFAULT_PORT)]
+    wg_port: u16,
     /// UDP port of gossip between nodes.
     #[arg(long, default_value_t = crate::gossip::DEFAULT_PORT)]
     gossip_port: u16,
@@ -82,6 +86,7 @@ pub fn run(args: Args, socket: PathBuf) -> Result<()> {
         mtu: args.mtu,
         gossip_port: args.gossip_port,
         advertise: args.advertise_addr,
+        wg_port: args.wg_port,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(crate::agent::run(cfg))?;

@@ -24,10 +24,16 @@ pub async fn run(args: Args, client: &Client) -> Result<()> {
         return Ok(());
     }
     let mut t = Table::new();
-    t.load_preset(NOTHING).set_header(vec!["NODE", "ADDRESS", "STATE", "RANGE", "GENERATION"]);
+    t.load_preset(NOTHING).set_header(vec!["NODE", "ADDRESS", "STATE", "RANGE", "WIREGUARD KEY", "HANDSHAKE", "GENERATION"]);
     for n in &r.nodes {
         let name = if n.local { format!("{} (this node)", n.name) } else { n.name.clone() };
-        t.add_row(vec![name, n.addr.to_string(), n.state.clone(), n.range.clone(), n.generation.to_string()]);
+        let handshake = match (n.local, n.wg_handshake_secs) {
+            (true, _) => "-".to_string(),
+            (false, Some(s)) => format!("{s}s ago"),
+            (false, None) => "never".to_string(),
+        };
+        let key: String = n.wg_pubkey.chars().take(12).collect();
+        t.add_row(vec![name, n.addr.to_string(), n.state.clone(), n.range.clone(), format!("{key}…"), handshake, n.generation.to_string()]);
     }
     println!("{t}");
     Ok(())

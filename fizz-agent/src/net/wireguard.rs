@@ -210,6 +210,7 @@ pub struct WireGuard {
     ifname: String,
     netns: String,
     ifindex: u32,
+    public_key: PublicKey,
 }
 
 /// The control socket of the device named `ifname`.
@@ -282,10 +283,16 @@ impl WireGuard {
             ifname,
             netns: netns_path.to_string(),
             ifindex,
+            public_key: cfg.private_key.public_key(),
         })
     }
 
     /// The interface name.
+    /// The device's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.public_key.clone()
+    }
+
     pub fn ifname(&self) -> &str {
         &self.ifname
     }

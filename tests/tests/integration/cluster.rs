@@ -68,6 +68,47 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
         assert_eq!(state_of(&nodes(&rt, n), &outsider[0].name), None, "the outsider is never a member");
     }
 
+    // Containers on two nodes reach each other through the WireGuard mesh
+    // the agents built from what gossip told them.
+    let dir = cluster.0.run_dir.parent().unwrap().join("compose");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("compose.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  web:\n    image: {}\n    command: [\"sh\", \"-c\", \"hostname > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n    stop_grace_period: 1s\n",
+            fizz_tests::BUSYBOX_IMAGE
+        ),
+    )
+    .unwrap();
+    let cli = |n: &dev::DevNode, args: &[&str]| {
+        let out = std::process::Command::new(&fizz).arg("--socket").arg(&n.socket).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, out) = cli(&members[0], &["up", "-f", file.to_str().unwrap(), "-p", &format!("{tag}a").to_lowercase()]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&members[1], &["up", "-f", file.to_str().unwrap(), "-p", &format!("{tag}b").to_lowercase()]);
+    assert!(ok, "{out}");
+    let (_, ps) = cli(&members[1], &["ps", "--json"]);
+    let ps: fizz::api::PsResponse = serde_json::from_str(&ps).unwrap();
+    let remote = ps.replicas[0].addr.expect("the replica on node 2 has an address");
+    assert!(remote.octets()[2] == 1, "node 2's range is 10.42.1.0/24: {remote}");
+    let mut last = String::new();
+    wait_for("node 1's container to reach node 2's", Duration::from_secs(20), || {
+        let (ok, out) = cli(&members[0], &["exec", "-p", &format!("{tag}a").to_lowercase(), "web", "--", "timeout", "3", "wget", "-qO-", &format!("http://{remote}:8080/")]);
+        last = out;
+        ok && last.trim().ends_with("-web-1")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {last}"));
+    let (_, out) = cli(&members[0], &["nodes", "--json"]);
+    let r: NodesResponse = serde_json::from_str(&out).unwrap();
+    let peer = r.nodes.iter().find(|n| n.name == members[1].name).unwrap();
+    assert!(peer.wg_handshake_secs.is_some(), "a WireGuard handshake with node 2 happened: {peer:?}");
+    for (m, p) in [(&members[0], "a"), (&members[1], "b")] {
+        let (ok, out) = cli(m, &["down", "-p", &format!("{tag}{p}").to_lowercase()]);
+        assert!(ok, "{out}");
+    }
+
     // Kill node 3's agent: the others see it down.
     let pid: i32 = std::fs::read_to_string(cluster.0.run_dir.join("node3.pid")).unwrap().trim().parse().unwrap();
     // SAFETY: signalling the agent process this test started.
