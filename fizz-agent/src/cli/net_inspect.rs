@@ -79,6 +79,12 @@ pub fn render(s: &Snapshot) -> String {
     let more = s.conntrack.len().saturating_sub(50);
     out += &format!("conntrack ({} flows{})\n{t}\n\n", s.conntrack.len(), if more > 0 { ", first 50 shown; --json for all" } else { "" });
 
+    let mut t = table(&["REMOTE RANGE", "TUNNEL"]);
+    for r in &s.remotes {
+        t.add_row(vec![r.range.clone(), r.ifname.clone().unwrap_or_else(|| format!("#{}", r.ifindex))]);
+    }
+    out += &format!("routes to other nodes ({})\n{t}\n\n", s.remotes.len());
+
     let mut t = table(&["VERDICT", "PACKETS", "BYTES"]);
     for (k, v) in &s.verdicts {
         t.add_row(vec![k.to_string(), v.packets.to_string(), v.bytes.to_string()]);

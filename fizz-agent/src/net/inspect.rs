@@ -21,8 +21,18 @@ pub struct Snapshot {
     pub services: Vec<ServiceView>,
     pub endpoints: Vec<EndpointView>,
     pub conntrack: Vec<FlowView>,
+    /// Other nodes' container ranges and the tunnel they are sent into.
+    pub remotes: Vec<RemoteView>,
     pub verdicts: BTreeMap<&'static str, CountView>,
     pub drops: BTreeMap<&'static str, CountView>,
+}
+
+/// A route to another node's containers.
+#[derive(Debug, Serialize)]
+pub struct RemoteView {
+    pub range: String,
+    pub ifindex: u32,
+    pub ifname: Option<String>,
 }
 
 /// Packets and bytes.
@@ -211,7 +221,15 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
         }
     }
 
+    let remotes = maps
+        .remotes
+        .entries()?
+        .into_iter()
+        .map(|(net, len, r)| RemoteView { range: format!("{net}/{len}"), ifindex: r.ifindex, ifname: ifname(r.ifindex) })
+        .collect();
+
     Ok(Snapshot {
+        remotes,
         pin_dir: pin_dir.display().to_string(),
         program,
         attached,
