@@ -10,7 +10,7 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   build-ebpf          install what the eBPF build needs (rust-src, bpf-linker) when
                       missing, then build fizz-ebpf for bpfel-unknown-none
-  bench <name> [...]  run a benchmark (as root): vip; arguments after the name go
+  bench <name> [...]  run a benchmark (as root): vip, up, dns; arguments after the name go
                       to the benchmark (--help lists them)";
 
 fn main() -> ExitCode {
@@ -42,14 +42,27 @@ fn run() -> Result<()> {
 }
 
 /// Benchmarks live in the `fizz-tests` crate next to the test rig they share;
-/// this builds them in release mode and runs the one asked for.
+/// this builds them in release mode (with the `fizz` binary for `up`) and
+/// runs the one asked for.
 fn bench(args: &[String]) -> Result<()> {
     if args.is_empty() {
-        bail!("bench needs a name: vip\n\n{USAGE}");
+        bail!("bench needs a name: vip, up or dns\n\n{USAGE}");
     }
     ebpf::install_prerequisites()?;
     let root = ebpf::workspace_root();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    if args[0] == "up" {
+        // That benchmark runs the release `fizz` found next to fizz-bench.
+        let status = Command::new(&cargo)
+            .current_dir(&root)
+            .args(["build", "--release", "--quiet", "-p", "fizz-agent", "--bin", "fizz"])
+            .status()
+            .context("running cargo")?;
+        if !status.success() {
+            bail!("building fizz failed: {status}");
+        }
+    }
+    let status = Command::new(&cargo)
         .current_dir(&root)
         .args(["run", "--release", "--quiet", "-p", "fizz-tests", "--bin", "fizz-bench", "--"])
         .args(args)

@@ -1,6 +1,8 @@
 //! The benchmarks behind `cargo xtask bench`, built on the test rig of
 //! `fizz_tests`: simulated nodes and containers as network namespaces.
 
+pub mod dns;
+pub mod host;
 pub mod interrupt;
 pub mod load;
 pub mod plot;
@@ -8,4 +10,5 @@ pub mod proxy;
 pub mod report;
 pub mod servers;
 pub mod topology;
+pub mod up;
 pub mod vip;

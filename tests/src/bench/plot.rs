@@ -1,6 +1,7 @@
-//! The benchmark's picture, drawn by gnuplot from a data file and a script
-//! written next to it: bars of each VIP path's ratio to direct per metric,
-//! and lines of the connection-rate ratio against the services loaded.
+//! The benchmarks' pictures, drawn by gnuplot from a data file and a script
+//! written next to it. `draw` is the VIP benchmark's: bars of each VIP path's
+//! ratio to direct per metric, and lines of the connection-rate ratio against
+//! the services loaded; `draw_with` runs any other script.
 
 use std::{path::Path, process::Command};
 
@@ -71,8 +72,31 @@ unset multiplot
         dat = dat.display(),
     );
     std::fs::write(&script, gp).with_context(|| format!("writing {}", script.display()))?;
+    gnuplot(dir, &script)?;
+    Ok(png)
+}
 
-    let out = match Command::new("gnuplot").arg(&script).output() {
+/// Writes `<stem>.dat` (`data`) and `<stem>.gp` in `dir`, the script made by
+/// `script` from the paths of the PNG and of the data file, and runs gnuplot
+/// to make `<stem>.png`. Fails (with why) when gnuplot is missing or fails.
+pub fn draw_with(
+    dir: &Path,
+    stem: &str,
+    data: &str,
+    script: impl FnOnce(&Path, &Path) -> String,
+) -> Result<std::path::PathBuf> {
+    let dat = dir.join(format!("{stem}.dat"));
+    let gp = dir.join(format!("{stem}.gp"));
+    let png = dir.join(format!("{stem}.png"));
+    std::fs::write(&dat, data).with_context(|| format!("writing {}", dat.display()))?;
+    std::fs::write(&gp, script(&png, &dat)).with_context(|| format!("writing {}", gp.display()))?;
+    gnuplot(dir, &gp)?;
+    Ok(png)
+}
+
+/// Runs gnuplot on `script`.
+fn gnuplot(dir: &Path, script: &Path) -> Result<()> {
+    let out = match Command::new("gnuplot").arg(script).output() {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!(
@@ -85,5 +109,5 @@ unset multiplot
     if !out.status.success() {
         bail!("gnuplot failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(png)
+    Ok(())
 }

@@ -143,3 +143,15 @@ pub fn write_json(path: &Path, lines: &[Line]) -> Result<()> {
     let text = serde_json::to_string_pretty(&map)?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
 }
+
+/// `target/bench` of the workspace, made when missing.
+pub fn out_dir() -> Result<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir.canonicalize().unwrap_or(dir))
+}
+
+/// A path as printed: without a `tests/..` detour.
+pub fn display(p: &Path) -> String {
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+}

@@ -23,12 +23,20 @@ enum Bench {
     /// connection rate, request/response, stream, scale to 10,000 services,
     /// per-packet program cost.
     Vip(bench::vip::Options),
+    /// Deploying a project: `fizz up` until every replica runs vs
+    /// `docker-compose up -d` (Compose v1) of the same file.
+    Up(bench::up::Options),
+    /// Fizz's DNS server vs NSD on loopback: queries per second (dnsperf)
+    /// and latency percentiles at a fixed rate.
+    Dns(bench::dns::Options),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.bench {
         Bench::Vip(opts) => bench::vip::run(&opts),
+        Bench::Up(opts) => bench::up::run(&opts),
+        Bench::Dns(opts) => bench::dns::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
