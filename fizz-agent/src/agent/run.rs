@@ -379,10 +379,10 @@ impl Agent {
             }
         }
         for (name, (key, net, len, endpoint)) in want {
-            if self.wg_peers.get(&name) == Some(&(key.clone(), net, len)) {
+            if self.wg_peers.get(&name) == Some(&(key, net, len)) {
                 continue;
             }
-            let peer = PeerConfig { public_key: key.clone(), endpoint, allowed: vec![(net, len)] };
+            let peer = PeerConfig { public_key: key, endpoint, allowed: vec![(net, len)] };
             if let Err(e) = wg.set_peer(&peer) {
                 eprintln!("fizz agent: WireGuard peer {name}: {e}");
                 continue;

@@ -290,7 +290,7 @@ impl WireGuard {
     /// The interface name.
     /// The device's public key.
     pub fn public_key(&self) -> PublicKey {
-        self.public_key.clone()
+        self.public_key
     }
 
     pub fn ifname(&self) -> &str {
