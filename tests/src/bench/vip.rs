@@ -348,9 +348,8 @@ impl Bench {
              rules and no conntrack."
         );
         println!(
-            "Fizz's conntrack is emptied before each Fizz-node measurement: every VIP connection creates its flow \
-             (closed flows would otherwise be reused by new connections from the same ports until an agent's \
-             sweep, and stale reply entries capture direct connections between the same ports)."
+            "Fizz's conntrack is emptied before each Fizz-node measurement, so that every round starts alike \
+             (a SYN reusing the ports of a closed flow is balanced afresh either way)."
         );
         println!(
             "Program cost: BPF run-time statistics during Fizz VIP connection-rate runs (every packet of both \
