@@ -136,6 +136,31 @@ fn volumes_bind_mounts_logs_and_down_with_volumes() {
     })
     .unwrap_or_else(|e| panic!("{e}: {logs}"));
     assert!(logs.contains("started") && logs.contains(&format!("{project}-writer-1 | ")), "{logs}");
+    // `logs -f` keeps streaming: a line written later arrives.
+    let mut follow = std::process::Command::new(fizz_bin().unwrap())
+        .arg("--socket")
+        .arg(&agent.socket)
+        .args(["logs", "-p", &project, "writer", "-f", "--tail", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(follow.stdout.take().unwrap());
+    // A watchdog: if no line comes, the read ends when `logs -f` is killed.
+    let pid = follow.id() as i32;
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(20));
+        // SAFETY: signalling a child this test started (harmless if it is gone).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (ok, _, err) = fizz(&agent, &["exec", "-p", &project, "writer", "--", "sh", "-c", "echo followed > /proc/1/fd/1"]);
+    assert!(ok, "{err}");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    assert!(line.contains("followed"), "{line}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+
     let (ok, out, _) = fizz(&agent, &["exec", "-p", &project, "writer", "--", "cat", "/data/f"]);
     assert!(ok && out.trim() == "kept", "{out}");
     let volume = format!("{project}_store");
