@@ -171,3 +171,82 @@ fn volumes_bind_mounts_logs_and_down_with_volumes() {
     assert!(!has_volume(), "down --volumes removed {volume}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The keys `fizz up` honours reach Docker: checked on the created container
+/// with `docker inspect`.
+#[test]
+fn compose_keys_reach_the_container() {
+    require_docker!();
+    let node = Node::new().unwrap();
+    let _containers = DockerNodeGuard(node.name.clone());
+    let agent = AgentProc::start(&node, &[]).unwrap();
+    let project = format!("{}k", node.name.to_lowercase());
+    let dir = std::env::temp_dir().join(format!("{}-keys", node.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = RemoveOnDrop(dir.clone());
+    std::fs::write(
+        dir.join("compose.yaml"),
+        format!(
+            r#"services:
+  app:
+    image: {image}
+    entrypoint: ["sh", "-c"]
+    command: ["echo ready; exec sleep 3600"]
+    working_dir: /tmp
+    user: "1000:1000"
+    environment:
+      GREETING: hello
+    labels:
+      team: core
+    tmpfs: ["/scratch"]
+    cap_add: [NET_ADMIN]
+    cap_drop: [MKNOD]
+    ulimits:
+      nofile: {{soft: 1024, hard: 2048}}
+    init: true
+    stop_signal: SIGINT
+    stop_grace_period: 3s
+    restart: unless-stopped
+    read_only: true
+    deploy:
+      resources:
+        limits: {{cpus: "0.5", memory: 64M}}
+"#,
+            image = fizz_tests::BUSYBOX_IMAGE
+        ),
+    )
+    .unwrap();
+    let file = dir.join("compose.yaml");
+    let (ok, out, err) = fizz(&agent, &["up", "-f", file.to_str().unwrap(), "-p", &project]);
+    assert!(ok, "{out}\n{err}");
+    let name = format!("{project}-app-1");
+    let inspect = Command::new("docker").args(["inspect", &name]).output().unwrap();
+    assert!(inspect.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let c = &v[0];
+    let cfg = &c["Config"];
+    let host = &c["HostConfig"];
+    assert_eq!(cfg["Entrypoint"], serde_json::json!(["sh", "-c"]));
+    assert_eq!(cfg["Cmd"], serde_json::json!(["echo ready; exec sleep 3600"]));
+    assert_eq!(cfg["WorkingDir"], "/tmp");
+    assert_eq!(cfg["User"], "1000:1000");
+    assert!(cfg["Env"].as_array().unwrap().iter().any(|e| e == "GREETING=hello"), "{}", cfg["Env"]);
+    assert_eq!(cfg["Labels"]["team"], "core");
+    assert_eq!(cfg["Labels"]["fizz.project"], project.as_str());
+    assert_eq!(cfg["StopSignal"], "SIGINT");
+    assert_eq!(cfg["StopTimeout"], 3);
+    assert_eq!(host["NetworkMode"], "none", "Fizz plumbs the network itself");
+    assert!(host["Tmpfs"].get("/scratch").is_some(), "{}", host["Tmpfs"]);
+    assert_eq!(host["CapAdd"], serde_json::json!(["NET_ADMIN"]));
+    assert_eq!(host["CapDrop"], serde_json::json!(["MKNOD"]));
+    assert_eq!(host["Ulimits"][0]["Name"], "nofile");
+    assert_eq!(host["Ulimits"][0]["Hard"], 2048);
+    assert_eq!(host["Init"], true);
+    assert_eq!(host["RestartPolicy"]["Name"], "unless-stopped");
+    assert_eq!(host["ReadonlyRootfs"], true);
+    assert_eq!(host["NanoCpus"], 500_000_000);
+    assert_eq!(host["Memory"], 64 * 1024 * 1024);
+    assert_eq!(host["Dns"], serde_json::json!(["169.254.1.1"]), "containers ask the node's Fizz DNS");
+    let (ok, _, err) = fizz(&agent, &["down", "-p", &project]);
+    assert!(ok, "{err}");
+}
