@@ -154,6 +154,52 @@ pub struct CtKey {
 }
 assert_size!(CtKey, 16);
 
+impl CtKey {
+    /// The key of the other direction of a NAT'd flow, from one of its
+    /// entries. The one definition of how the two entries pair up, for the
+    /// datapath that writes them and the agent that expires them.
+    #[inline(always)]
+    pub fn peer(&self, value: &CtValue) -> CtKey {
+        let hairpin = value.kind & CT_HAIRPIN != 0;
+        if value.kind & !CT_HAIRPIN == CT_FORWARD {
+            // client → VIP; the reply comes from the backend to the client
+            // (to the VIP for a hairpin flow, whose client sees the VIP as
+            // its peer).
+            CtKey {
+                src_be: value.nat_addr_be,
+                dst_be: if hairpin { self.dst_be } else { self.src_be },
+                sport_be: value.nat_port_be,
+                dport_be: self.sport_be,
+                proto: self.proto,
+                _pad: [0; 3],
+            }
+        } else {
+            // backend → client; the forward entry is client → VIP.
+            CtKey {
+                src_be: if hairpin { self.src_be } else { self.dst_be },
+                dst_be: value.nat_addr_be,
+                sport_be: self.dport_be,
+                dport_be: value.nat_port_be,
+                proto: self.proto,
+                _pad: [0; 3],
+            }
+        }
+    }
+
+    /// The same tuple seen from the other end (source and destination swapped).
+    #[inline(always)]
+    pub fn reversed(&self) -> CtKey {
+        CtKey {
+            src_be: self.dst_be,
+            dst_be: self.src_be,
+            sport_be: self.dport_be,
+            dport_be: self.sport_be,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// `CtValue::kind`: the client's direction; rewrite the destination.
 pub const CT_FORWARD: u8 = 1;
 /// `CtValue::kind`: the reply direction; rewrite the source.

@@ -158,14 +158,7 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: fn(u32) 
     fwd.flags = tcp_ct_flags(flow.tcp_flags);
     // A hairpin client sees the VIP as its peer, so the reply is addressed
     // to the VIP.
-    let rev_key = CtKey {
-        src_be: backend.addr_be,
-        dst_be: if hairpin { flow.key.dst_be } else { flow.key.src_be },
-        sport_be: backend.port_be,
-        dport_be: flow.key.sport_be,
-        proto: flow.key.proto,
-        _pad: [0; 3],
-    };
+    let rev_key = flow.key.peer(&fwd);
     let rev = CtValue {
         nat_addr_be: flow.key.dst_be,
         nat_port_be: flow.key.dport_be,
@@ -213,27 +206,11 @@ fn forget_stale(key: &CtKey) {
         // SAFETY: the pointer comes from a successful lookup and is only read.
         let ct = unsafe { *ct };
         if ct.kind & !CT_HAIRPIN == CT_FORWARD && ct.flags & (CT_FLAG_FIN | CT_FLAG_RST) != 0 {
-            let hairpin = ct.kind & CT_HAIRPIN != 0;
-            let rev = CtKey {
-                src_be: ct.nat_addr_be,
-                dst_be: if hairpin { key.dst_be } else { key.src_be },
-                sport_be: ct.nat_port_be,
-                dport_be: key.sport_be,
-                proto: key.proto,
-                _pad: [0; 3],
-            };
-            let _ = CONNTRACK.remove(&rev);
+            let _ = CONNTRACK.remove(&key.peer(&ct));
             let _ = CONNTRACK.remove(key);
         }
     }
-    let reverse = CtKey {
-        src_be: key.dst_be,
-        dst_be: key.src_be,
-        sport_be: key.dport_be,
-        dport_be: key.sport_be,
-        proto: key.proto,
-        _pad: [0; 3],
-    };
+    let reverse = key.reversed();
     if let Some(ct) = CONNTRACK.get_ptr(&reverse) {
         // SAFETY: as above.
         if unsafe { (*ct).kind } & !CT_HAIRPIN == CT_REPLY {

@@ -32,33 +32,6 @@ impl Default for Timeouts {
     }
 }
 
-/// The key of the other direction of a NAT'd flow, from one entry.
-pub fn peer_key(key: &CtKey, value: &CtValue) -> CtKey {
-    let hairpin = value.kind & CT_HAIRPIN != 0;
-    if value.kind & !CT_HAIRPIN == CT_FORWARD {
-        // client → VIP; the reply comes from the backend to the client (to
-        // the VIP for a hairpin flow, whose client sees the VIP as its peer).
-        CtKey {
-            src_be: value.nat_addr_be,
-            dst_be: if hairpin { key.dst_be } else { key.src_be },
-            sport_be: value.nat_port_be,
-            dport_be: key.sport_be,
-            proto: key.proto,
-            _pad: [0; 3],
-        }
-    } else {
-        // backend → client; the forward entry is client → VIP.
-        CtKey {
-            src_be: if hairpin { key.src_be } else { key.dst_be },
-            dst_be: value.nat_addr_be,
-            sport_be: key.dport_be,
-            dport_be: value.nat_port_be,
-            proto: key.proto,
-            _pad: [0; 3],
-        }
-    }
-}
-
 /// Whether a flow has been idle past its timeout. `other` is the entry of
 /// the other direction, when it still exists.
 pub fn expired(
@@ -100,7 +73,7 @@ pub fn sweep(entries: &[(CtKey, CtValue)], now_ns: u64, t: &Timeouts) -> Vec<CtK
         entries.iter().map(|(k, v)| (*k, v)).collect();
     let mut out = Vec::new();
     for (k, v) in entries {
-        let peer = peer_key(k, v);
+        let peer = k.peer(v);
         let other = index.get(&peer).copied();
         if expired(k, v, other, now_ns, t) {
             out.push(*k);
@@ -130,7 +103,7 @@ mod tests {
             created_ns: 0,
             last_seen_ns: last,
         };
-        let rk = peer_key(&fk, &fv);
+        let rk = fk.peer(&fv);
         let rv = CtValue { nat_addr_be: vip, nat_port_be: 80u16.to_be(), kind: CT_REPLY, flags: flags_rev, ..fv };
         [(fk, fv), (rk, rv)]
     }
@@ -138,8 +111,8 @@ mod tests {
     #[test]
     fn peer_keys_are_inverse() {
         let [(fk, fv), (rk, rv)] = pair(IPPROTO_TCP, 0, 0, 0);
-        assert_eq!(peer_key(&fk, &fv), rk);
-        assert_eq!(peer_key(&rk, &rv), fk);
+        assert_eq!(fk.peer(&fv), rk);
+        assert_eq!(rk.peer(&rv), fk);
     }
 
     #[test]
@@ -148,10 +121,10 @@ mod tests {
         let [(mut fk, mut fv), _] = pair(IPPROTO_TCP, 0, 0, 0);
         fk.src_be = fv.nat_addr_be;
         fv.kind |= CT_HAIRPIN;
-        let rk = peer_key(&fk, &fv);
+        let rk = fk.peer(&fv);
         assert_eq!((rk.src_be, rk.dst_be), (fv.nat_addr_be, fk.dst_be));
         let rv = CtValue { nat_addr_be: fk.dst_be, nat_port_be: fk.dport_be, kind: CT_REPLY | CT_HAIRPIN, ..fv };
-        assert_eq!(peer_key(&rk, &rv), fk);
+        assert_eq!(rk.peer(&rv), fk);
     }
 
     /// (protocol, forward flags, reply flags, idle seconds) → expired?

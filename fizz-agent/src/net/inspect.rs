@@ -140,6 +140,7 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
     attached.sort_by(|a, b| a.ifname.cmp(&b.ifname));
 
     let ct = maps.conntrack.entries()?;
+    let by_key: std::collections::HashMap<fizz_common::CtKey, &fizz_common::CtValue> = ct.iter().map(|(k, v)| (*k, v)).collect();
     let mut flows_per_backend: BTreeMap<(u32, u32), u64> = BTreeMap::new();
     let mut conntrack = Vec::new();
     for (k, v) in &ct {
@@ -147,8 +148,7 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
             continue;
         }
         *flows_per_backend.entry((v.svc_id, v.backend_id)).or_default() += 1;
-        let peer = super::conntrack::peer_key(k, v);
-        let rev_flags = ct.iter().find(|(pk, _)| *pk == peer).map_or(0, |(_, pv)| pv.flags);
+        let rev_flags = by_key.get(&k.peer(v)).map_or(0, |pv| pv.flags);
         let flags = v.flags | rev_flags;
         let state = if flags & CT_FLAG_RST != 0 {
             "reset"
