@@ -11,7 +11,7 @@
 //!    otherwise hand it to the stack.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
     helpers::generated::{bpf_redirect, bpf_redirect_peer},
     macros::classifier,
     programs::TcContext,
@@ -19,7 +19,7 @@ use aya_ebpf::{
 use fizz_common::{drop_reason, verdict, EndpointKey, VipKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    maps::{count, remote, CONFIG, DROPS, ENDPOINTS, VERDICTS, VIPS},
+    maps::{count, finish, remote, CONFIG, DROPS, ENDPOINTS, VIPS},
     nat::{self, Flow},
     packet::{self, Ipv4, ETH_P_IP},
     reject,
@@ -27,20 +27,7 @@ use crate::{
 
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
-    let len = ctx.len();
-    match try_from_container(&ctx) {
-        Ok((action, Some(v))) => {
-            count(&VERDICTS, v, len);
-            action
-        }
-        // Service traffic: already counted per backend.
-        Ok((action, None)) => action,
-        Err(reason) => {
-            count(&DROPS, reason, len);
-            count(&VERDICTS, verdict::DROP, len);
-            TC_ACT_SHOT as i32
-        }
-    }
+    finish(ctx.len(), try_from_container(&ctx))
 }
 
 /// Returns the TC action and the verdict to count (none for service

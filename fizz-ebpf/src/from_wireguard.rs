@@ -17,7 +17,7 @@
 //! on its own node, which checked them when the flow was set up.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
     helpers::generated::bpf_redirect_peer,
     macros::classifier,
     programs::TcContext,
@@ -25,27 +25,14 @@ use aya_ebpf::{
 use fizz_common::{drop_reason, verdict, EndpointKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    maps::{count, DROPS, ENDPOINTS, VERDICTS},
+    maps::{finish, ENDPOINTS},
     nat::{self, Flow},
     packet::{self, IP_OFF_L3},
 };
 
 #[classifier]
 pub fn from_wireguard(ctx: TcContext) -> i32 {
-    let len = ctx.len();
-    match try_from_wireguard(&ctx) {
-        Ok((action, Some(v))) => {
-            count(&VERDICTS, v, len);
-            action
-        }
-        // Service traffic: already counted per backend.
-        Ok((action, None)) => action,
-        Err(reason) => {
-            count(&DROPS, reason, len);
-            count(&VERDICTS, verdict::DROP, len);
-            TC_ACT_SHOT as i32
-        }
-    }
+    finish(ctx.len(), try_from_wireguard(&ctx))
 }
 
 /// Returns the TC action and the verdict to count (none for service

@@ -51,6 +51,25 @@ pub fn remote(addr_be: u32) -> Option<Remote> {
     REMOTES.get(Key::new(32, RemoteAddr { addr_be })).copied()
 }
 
+/// Counts what an entry point did with a packet of `len` bytes and returns
+/// its TC action: a verdict (none for service traffic, already counted per
+/// backend), or a drop with its reason.
+#[inline(always)]
+pub fn finish(len: u32, outcome: Result<(i32, Option<u32>), u32>) -> i32 {
+    match outcome {
+        Ok((action, Some(v))) => {
+            count(&VERDICTS, v, len);
+            action
+        }
+        Ok((action, None)) => action,
+        Err(reason) => {
+            count(&DROPS, reason, len);
+            count(&VERDICTS, verdict::DROP, len);
+            aya_ebpf::bindings::TC_ACT_SHOT as i32
+        }
+    }
+}
+
 /// Adds one packet of `len` bytes to entry `index` of a per-CPU counter map.
 #[inline(always)]
 pub fn count(map: &PerCpuArray<Counter>, index: u32, len: u32) {
