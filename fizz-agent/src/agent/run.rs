@@ -83,6 +83,11 @@ struct Agent {
     _dns: DnsServer,
 }
 
+/// The network mask of the service a replica belongs to.
+fn mask_of(masks: &BTreeMap<(String, String), u64>, id: &Identity) -> u64 {
+    masks.get(&(id.project.clone(), id.service.clone())).copied().unwrap_or(0)
+}
+
 /// The name of a node's WireGuard device: unique on the machine (the
 /// userspace device's control socket is named after it), stable per node.
 pub fn wg_ifname(node: &str) -> String {
@@ -118,17 +123,8 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
 
     let router = api::server::router(cmd_tx, docker.clone());
     let socket = cfg.socket.clone();
-    let listener = {
-        if let Some(dir) = socket.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| StartError::Socket { path: socket.display().to_string(), source })?;
-        }
-        let _ = std::fs::remove_file(&socket);
-        let l = tokio::net::UnixListener::bind(&socket)
-            .map_err(|source| StartError::Socket { path: socket.display().to_string(), source })?;
-        use std::os::unix::fs::PermissionsExt as _;
-        let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
-        l
-    };
+    let listener =
+        api::server::bind(&socket).map_err(|source| StartError::Socket { path: socket.display().to_string(), source })?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             eprintln!("fizz agent: API server stopped: {e}");
@@ -659,6 +655,8 @@ impl Agent {
             self.notes.insert(id.clone(), why.clone());
         }
         let acted = !plan.actions.is_empty();
+        // Network masks follow the desired state: computed once per pass.
+        let (masks, _) = reconcile::network_masks(&self.desired);
         for action in plan.actions {
             match action {
                 Action::Remove { id, name, reason } => {
@@ -669,7 +667,7 @@ impl Agent {
                     }
                 }
                 Action::Create { id, addr, spec } => {
-                    if let Err(e) = self.create(&id, &spec, addr).await {
+                    if let Err(e) = self.create(&spec, addr, mask_of(&masks, &id)).await {
                         eprintln!("fizz agent: {e}");
                         self.notes.insert(id, e);
                     }
@@ -681,15 +679,14 @@ impl Agent {
         } else {
             containers
         };
-        self.adopt(&containers);
+        self.adopt(&containers, &masks);
         self.sync_datapath(&containers);
         let (services, clients) = reconcile::dns_entries(&self.desired, &containers);
         self.records.replace(Records::build(services, clients));
         self.observed = containers;
     }
 
-    async fn create(&mut self, id: &Identity, spec: &crate::docker::ContainerSpec, addr: Ipv4Addr) -> Result<(), String> {
-        let mask = self.mask_of(&id.project, &id.service);
+    async fn create(&mut self, spec: &crate::docker::ContainerSpec, addr: Ipv4Addr, mask: u64) -> Result<(), String> {
         self.docker.ensure_image(&spec.image).await.map_err(|e| e.to_string())?;
         let id = self.docker.create(spec).await.map_err(|e| e.to_string())?;
         self.docker.start(&id).await.map_err(|e| e.to_string())?;
@@ -699,12 +696,6 @@ impl Agent {
             // It exited at once (a one-shot task, or a crash): nothing to plumb.
             _ => Ok(()),
         }
-    }
-
-    /// The network mask of the service a container belongs to.
-    fn mask_of(&self, project: &str, service: &str) -> u64 {
-        let (masks, _) = reconcile::network_masks(&self.desired);
-        masks.get(&(project.to_string(), service.to_string())).copied().unwrap_or(0)
     }
 
     /// Plumbs a running container and hands it to the datapath.
@@ -733,10 +724,10 @@ impl Agent {
     /// Running containers whose veth is gone (Docker restarted them, so they
     /// have a new namespace, or the agent found them after a crash) are
     /// plumbed again; those with a veth are handed to the datapath as is.
-    fn adopt(&mut self, containers: &[ContainerInfo]) {
+    fn adopt(&mut self, containers: &[ContainerInfo], masks: &BTreeMap<(String, String), u64>) {
         for c in containers {
             let (Some((id, Some(addr))), RunState::Running, Some(pid)) = (identity(c), c.state, c.pid) else { continue };
-            let mask = self.mask_of(&id.project, &id.service);
+            let mask = mask_of(masks, &id);
             let name = host_if(&self.cfg.veth_prefix, &c.name);
             match plumb::host_link(&name) {
                 Ok(Some((ifindex, node_mac))) => {

@@ -146,9 +146,9 @@ pub fn router(tx: mpsc::Sender<Command>, docker: Docker) -> Router {
         .with_state(Ctx { tx, docker })
 }
 
-/// Serves the API on a unix socket (replacing a stale socket file) until the
-/// task is dropped. Only root may connect (mode 0600).
-pub async fn serve(socket: &Path, router: Router) -> std::io::Result<()> {
+/// Binds the API's unix socket, replacing a stale socket file. Only root may
+/// connect (mode 0600).
+pub fn bind(socket: &Path) -> std::io::Result<tokio::net::UnixListener> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -156,5 +156,5 @@ pub async fn serve(socket: &Path, router: Router) -> std::io::Result<()> {
     let listener = tokio::net::UnixListener::bind(socket)?;
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    axum::serve(listener, router).await
+    Ok(listener)
 }

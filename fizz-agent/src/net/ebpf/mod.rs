@@ -379,9 +379,8 @@ impl Datapath {
         for slot in plan.stale_slots.clone() {
             self.maps.backends.remove(&BackendKey { svc_id: plan.id, slot })?;
         }
-        for (_, bid) in &plan.removed {
-            self.purge_backend(plan.id, *bid)?;
-        }
+        let removed: Vec<u32> = plan.removed.iter().map(|(_, bid)| *bid).collect();
+        self.purge_backends(plan.id, &removed)?;
         self.ids = ids;
         self.installed.insert(
             fe,
@@ -401,9 +400,8 @@ impl Datapath {
             self.maps.backends.remove(&BackendKey { svc_id: inst.id, slot })?;
         }
         self.add_vip_port(fe.vip, -1)?;
-        for (_, bid) in &inst.backends {
-            self.purge_backend(inst.id, *bid)?;
-        }
+        let all: Vec<u32> = inst.backends.iter().map(|(_, bid)| *bid).collect();
+        self.purge_backends(inst.id, &all)?;
         service::release(&inst, &mut self.ids);
         self.installed.remove(fe);
         Ok(())
@@ -419,14 +417,18 @@ impl Datapath {
         }
     }
 
-    /// Deletes every conntrack entry of flows through one backend.
-    fn purge_backend(&mut self, svc_id: u32, backend_id: u32) -> Result<usize, Error> {
+    /// Deletes every conntrack entry of flows through these backends of a
+    /// service, in one pass over the table.
+    fn purge_backends(&mut self, svc_id: u32, backend_ids: &[u32]) -> Result<usize, Error> {
+        if backend_ids.is_empty() {
+            return Ok(0);
+        }
         let doomed: Vec<CtKey> = self
             .maps
             .conntrack
             .entries()?
             .into_iter()
-            .filter(|(_, v)| conntrack::uses_backend(v, svc_id, backend_id))
+            .filter(|(_, v)| backend_ids.iter().any(|&bid| conntrack::uses_backend(v, svc_id, bid)))
             .map(|(k, _)| k)
             .collect();
         for k in &doomed {
