@@ -254,35 +254,25 @@ impl Datapath {
         &self.wg_prog
     }
 
-    fn link_pin(&self, name: &str, index: u32) -> PathBuf {
-        self.pin_dir.join(LINKS).join(format!("{name}@{index}"))
+    /// The pin of the link on interface `name`/`index`, under `dir`
+    /// (`LINKS` or `WG_LINKS`).
+    fn link_pin_in(&self, dir: &str, name: &str, index: u32) -> PathBuf {
+        self.pin_dir.join(dir).join(format!("{name}@{index}"))
     }
 
     /// Attaches `from_container` at TCX ingress of `ifname` (in the calling
     /// thread's network namespace). Attaching twice is a no-op.
     pub fn attach(&mut self, ifname: &str) -> Result<(), Error> {
-        let pin = self.link_pin(ifname, ifindex(ifname)?);
+        let pin = self.link_pin_in(LINKS, ifname, ifindex(ifname)?);
         attach_pinned(&mut self.prog, ifname, &pin)
-    }
-
-    /// Detaches from `ifname`, if attached.
-    pub fn detach(&mut self, ifname: &str) -> Result<(), Error> {
-        let pin = self.link_pin(ifname, ifindex(ifname)?);
-        unpin(&pin)
     }
 
     /// Attaches `from_wireguard` at TCX ingress of the WireGuard device
     /// `ifname` (in the calling thread's network namespace). Attaching twice
     /// is a no-op.
     pub fn attach_wireguard(&mut self, ifname: &str) -> Result<(), Error> {
-        let pin = self.pin_dir.join(WG_LINKS).join(format!("{ifname}@{}", ifindex(ifname)?));
+        let pin = self.link_pin_in(WG_LINKS, ifname, ifindex(ifname)?);
         attach_pinned(&mut self.wg_prog, ifname, &pin)
-    }
-
-    /// Detaches `from_wireguard` from `ifname`, if attached.
-    pub fn detach_wireguard(&mut self, ifname: &str) -> Result<(), Error> {
-        let pin = self.pin_dir.join(WG_LINKS).join(format!("{ifname}@{}", ifindex(ifname)?));
-        unpin(&pin)
     }
 
     /// The WireGuard devices attached now, as `(name, index)`.
@@ -306,11 +296,6 @@ impl Datapath {
     /// The remote ranges declared now, as `(network, prefix, ifindex)`.
     pub fn remotes(&self) -> Result<Vec<(Ipv4Addr, u8, u32)>, Error> {
         Ok(self.maps.remotes.entries()?.into_iter().map(|(n, p, r)| (n, p, r.ifindex)).collect())
-    }
-
-    /// The interfaces attached now, as `(name, index)`.
-    pub fn attached(&self) -> Result<Vec<(String, u32)>, Error> {
-        list_links(&self.pin_dir)
     }
 
     /// Removes the pins of links whose interface is gone (a deleted veth).
@@ -447,13 +432,6 @@ impl Datapath {
         Ok(doomed.len())
     }
 
-    /// Removes every pin of this datapath: links (detaching the program),
-    /// the program and the maps. Established flows are cut.
-    pub fn destroy(self) -> Result<(), Error> {
-        let dir = self.pin_dir.clone();
-        drop(self);
-        std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))
-    }
 }
 
 /// Where the maps of the current layout are pinned under a pin directory.
@@ -530,15 +508,6 @@ fn attach_pinned(prog: &mut SchedClassifier, ifname: &str, pin: &Path) -> Result
     fd.pin(pin)
         .map_err(|e| Error::Link { what: format!("pinning the link on {ifname}"), source: Box::new(e) })?;
     Ok(())
-}
-
-/// Removes a link pin (detaching the program); a missing pin is not an error.
-fn unpin(pin: &Path) -> Result<(), Error> {
-    match std::fs::remove_file(pin) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io(format!("unpinning {}", pin.display()))(e)),
-    }
 }
 
 fn same_code(a: &SchedClassifier, b: &SchedClassifier) -> bool {
