@@ -30,7 +30,9 @@ impl Flow {
     pub fn parse(ctx: &TcContext, ip: &Ipv4) -> Result<Flow, u32> {
         let ports: [u16; 2] = packet::load(ctx, ip.l4_off)?;
         let tcp_flags = if ip.hdr.proto == IPPROTO_TCP {
-            packet::load::<u8>(ctx, ip.l4_off + 13)?
+            // Data offset and flags as one read (see `packet::load`).
+            let [_, flags] = packet::load::<[u8; 2]>(ctx, ip.l4_off + 12)?;
+            flags
         } else {
             0
         };

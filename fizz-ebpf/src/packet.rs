@@ -1,6 +1,9 @@
-//! Packet layout and the one way headers are read and written: through the
-//! kernel's bounds-checked `bpf_skb_load_bytes`/`bpf_skb_store_bytes`, which
-//! also work at variable offsets (IP options) without verifier gymnastics.
+//! Packet layout and the one way headers are read and written: read in place
+//! when the packet's linear part holds them, else (and for every write)
+//! through the kernel's bounds-checked `bpf_skb_load_bytes` and
+//! `bpf_skb_store_bytes`, which also work at variable offsets (IP options).
+
+use core::mem;
 
 use aya_ebpf::programs::TcContext;
 use fizz_common::drop_reason;
@@ -57,8 +60,20 @@ pub struct Ipv4 {
 }
 
 /// Reads a `T` at `offset`, or names the drop reason: the packet is too short.
+/// Headers are read in place when the packet's linear part holds them (the
+/// common case, and no helper call); otherwise the helper copies them out.
+/// Single bytes always go through the helper: LLVM turns `p + 1 <= end`
+/// into `p < end`, which the verifier cannot use as a bound at a variable
+/// offset.
 #[inline(always)]
 pub fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, u32> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if mem::size_of::<T>() >= 2 && start + offset + mem::size_of::<T>() <= end {
+        // SAFETY: the bytes lie between `data` and `data_end` (checked just
+        // above, as the verifier requires); the read is unaligned-safe.
+        return Ok(unsafe { ((start + offset) as *const T).read_unaligned() });
+    }
     ctx.load::<T>(offset).map_err(|_| drop_reason::TRUNCATED)
 }
 

@@ -241,22 +241,28 @@ impl Bench {
         Ok(())
     }
 
-    /// The program's run time per packet during Fizz VIP connection-rate
-    /// measurements, from the kernel's BPF run-time statistics (enabled only
-    /// for these, as they add a clock read to every run).
+    /// The program's run time per packet, from the kernel's BPF run-time
+    /// statistics (enabled only for these runs, as they add a clock read to
+    /// every run): for every metric, through the Fizz VIP and on the direct
+    /// path (which runs the same program, without NAT).
     fn program_cost(&mut self, n: usize) -> Result<()> {
         eprintln!("program cost with {}", services(n));
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
         for _ in 0..self.rounds {
-            let before = self.fizz.dp.program().info().context("reading the program's statistics")?;
-            self.measure(&format!("prog_ns_per_packet/{n}"), Scenario::FizzVip, Mode::Conn, self.dur)?;
-            let after = self.fizz.dp.program().info().context("reading the program's statistics")?;
-            let runs = after.run_count().saturating_sub(before.run_count());
-            let time = after.run_time().saturating_sub(before.run_time());
-            if runs == 0 {
-                bail!("the program ran 0 times during a Fizz VIP measurement: are BPF statistics supported?");
+            for mode in Mode::ALL {
+                for s in [Scenario::Direct, Scenario::FizzVip] {
+                    let series = cost_key(n, mode, s);
+                    let before = self.fizz.dp.program().info().context("reading the program's statistics")?;
+                    self.measure(&series, s, mode, self.dur)?;
+                    let after = self.fizz.dp.program().info().context("reading the program's statistics")?;
+                    let runs = after.run_count().saturating_sub(before.run_count());
+                    let time = after.run_time().saturating_sub(before.run_time());
+                    if runs == 0 {
+                        bail!("the program ran 0 times during {series}: are BPF statistics supported?");
+                    }
+                    self.results.push(&series, "ns/run", time.as_nanos() as f64 / runs as f64);
+                }
             }
-            self.results.push(&format!("prog_ns_per_packet/{n}"), "ns/run", time.as_nanos() as f64 / runs as f64);
         }
         Ok(())
     }
@@ -321,8 +327,13 @@ impl Bench {
 
         let mut cost = Vec::new();
         for n in COST_AT {
-            let key = format!("prog_ns_per_packet/{n}");
-            cost.extend(self.line(&key, &key, None, format!("fizz program, {}", services(n)), "run time per packet"));
+            for mode in Mode::ALL {
+                for s in [Scenario::Direct, Scenario::FizzVip] {
+                    let key = cost_key(n, mode, s);
+                    let label = format!("fizz program, {}, {}", s.label(), services(n));
+                    cost.extend(self.line(&key, &key, None, label, &format!("ns per packet, {}", mode.label())));
+                }
+            }
         }
         sections.push(cost);
 
@@ -352,8 +363,9 @@ impl Bench {
              (a SYN reusing the ports of a closed flow is balanced afresh either way)."
         );
         println!(
-            "Program cost: BPF run-time statistics during Fizz VIP connection-rate runs (every packet of both \
-             directions), enabled only for those runs."
+            "Program cost: BPF run-time statistics (run time / runs, every packet of both directions) during \
+             each metric's runs, enabled only for those runs; the connection-rate runs are mostly set-up and \
+             teardown packets (new conntrack entries), the stream and request/response runs established flows."
         );
         if let Some((peak, max)) = self.conntrack_peak {
             let note = if peak * 100 >= max * 95 {
@@ -390,6 +402,11 @@ impl Bench {
         }
         Ok(())
     }
+}
+
+/// The series of the program's cost per packet.
+fn cost_key(n: usize, mode: Mode, s: Scenario) -> String {
+    format!("prog_ns_per_packet/{n}/{}/{}", mode.key(), s.key())
 }
 
 /// "1 service", "100 services".
