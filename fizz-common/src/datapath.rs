@@ -3,7 +3,7 @@
 
 /// Version of the map layout. Maps are pinned under `maps-v<ABI_VERSION>/`,
 /// so a datapath whose keys or values changed never reads old pins as new.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Names of the maps in the eBPF object, as pinned under a node's pin
 /// directory. The agent and `fizz net inspect` open them by these names.
@@ -34,6 +34,16 @@ pub mod map_names {
     /// LPM trie `RemoteAddr` (with a prefix length) → `Remote`: the
     /// container ranges of other nodes and the tunnel device that reaches them.
     pub const REMOTES: &str = "FZ_REMOTES";
+    /// `u64` network-namespace cookie → `SockClient`: the containers whose
+    /// TCP connects to a VIP are balanced at connect time.
+    pub const SOCK_CLIENTS: &str = "FZ_SOCK_CLIENTS";
+    /// `u64` socket cookie → `SockPeer` (LRU): the VIP a socket connected
+    /// to, which `getpeername` reports instead of the backend.
+    pub const SOCK_PEERS: &str = "FZ_SOCK_PEERS";
+    /// Per-CPU array indexed by backend id: `Counter` of connections
+    /// balanced at connect time (`packets` counts connections, `bytes` is 0;
+    /// their packets are not NAT'd, so they are not in `BACKEND_STATS`).
+    pub const SOCK_CONNECTS: &str = "FZ_SOCK_CONNECTS";
 }
 
 /// Name of the TC program attached at ingress of the host end of each
@@ -44,6 +54,15 @@ pub const PROG_FROM_CONTAINER: &str = "from_container";
 /// (a layer-3 TUN device: packets start at the IPv4 header). It sees every
 /// packet that arrives from another node through the tunnel.
 pub const PROG_FROM_WIREGUARD: &str = "from_wireguard";
+
+/// Name of the `cgroup/connect4` program: a TCP connect to a VIP from a
+/// container of this node is pointed at a backend before the SYN is sent,
+/// so the flow's packets need no NAT.
+pub const PROG_SOCK_CONNECT4: &str = "fz_connect4";
+
+/// Name of the `cgroup/getpeername4` program: a socket balanced at connect
+/// time reports the VIP as its peer.
+pub const PROG_SOCK_GETPEERNAME4: &str = "fz_getpeername4";
 
 /// Capacities of the maps. The agent checks its inputs against these before
 /// writing, so a full map is an error at the API, not a silent drop.
@@ -258,8 +277,35 @@ pub struct Endpoint {
     /// The networks the container is on (one bit each). Two local
     /// containers talk only if they share one. Zero: no restriction.
     pub net_mask: u64,
+    /// Cookie of the container's network namespace (`SO_NETNS_COOKIE`);
+    /// non-zero: its TCP connects to VIPs are balanced at connect time
+    /// (an entry in `SOCK_CLIENTS`).
+    pub netns_cookie: u64,
 }
-assert_size!(Endpoint, 24);
+assert_size!(Endpoint, 32);
+
+/// Value of `FZ_SOCK_CLIENTS`: a container whose sockets are balanced at
+/// connect time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockClient {
+    /// The container's address.
+    pub addr_be: u32,
+    pub _pad: u32,
+    /// Its networks, checked against a service's as at TC.
+    pub net_mask: u64,
+}
+assert_size!(SockClient, 16);
+
+/// Value of `FZ_SOCK_PEERS`: the VIP and port a socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockPeer {
+    pub vip_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+assert_size!(SockPeer, 8);
 
 /// The data half of a `FZ_REMOTES` key. The map's key is the LPM trie key
 /// `{ prefix_len: u32, data: RemoteAddr }` (8 bytes), `prefix_len` counting
@@ -429,6 +475,10 @@ mod pod {
     unsafe impl aya::Pod for RemoteAddr {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Remote {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockClient {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockPeer {}
 }
 
 #[cfg(test)]

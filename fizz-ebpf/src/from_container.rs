@@ -19,7 +19,7 @@ use aya_ebpf::{
 use fizz_common::{drop_reason, verdict, EndpointKey, VipKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    maps::{count, finish, remote, CONFIG, DROPS, ENDPOINTS, VIPS},
+    maps::{count, finish, is_vip_range, remote, DROPS, ENDPOINTS, VIPS},
     nat::{self, Flow},
     packet::{self, Ipv4, ETH_P_IP},
     reject,
@@ -71,15 +71,6 @@ fn try_from_container(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
         }
     };
     deliver(ctx, &ip, dst_be, translated, setup && !translated)
-}
-
-/// Whether `addr_be` falls in the configured service VIP range.
-#[inline(always)]
-pub fn is_vip_range(addr_be: u32) -> bool {
-    match CONFIG.get(0) {
-        Some(cfg) => cfg.vip_mask_be != 0 && addr_be & cfg.vip_mask_be == cfg.vip_net_be,
-        None => false,
-    }
 }
 
 /// Hands the packet to a local container, or to the kernel stack. Local

@@ -9,7 +9,8 @@ use aya_ebpf::{
 use fizz_common::{
     Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey, SvcKey,
     SvcValue, VipKey, VipValue, MAX_BACKENDS, MAX_BACKEND_IDS, MAX_CONNTRACK, MAX_ENDPOINTS,
-    MAX_SERVICES, MAX_VIPS, drop_reason, verdict, Remote, RemoteAddr, MAX_REMOTES,
+    MAX_SERVICES, MAX_VIPS, drop_reason, verdict, Remote, RemoteAddr, MAX_REMOTES, SockClient,
+    SockPeer,
 };
 
 #[map(name = "FZ_SERVICES")]
@@ -44,6 +45,24 @@ pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
 #[map(name = "FZ_REMOTES")]
 pub static REMOTES: LpmTrie<RemoteAddr, Remote> = LpmTrie::pinned(MAX_REMOTES, 0);
+
+#[map(name = "FZ_SOCK_CLIENTS")]
+pub static SOCK_CLIENTS: HashMap<u64, SockClient> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map(name = "FZ_SOCK_PEERS")]
+pub static SOCK_PEERS: LruHashMap<u64, SockPeer> = LruHashMap::pinned(MAX_CONNTRACK, 0);
+
+#[map(name = "FZ_SOCK_CONNECTS")]
+pub static SOCK_CONNECTS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_BACKEND_IDS, 0);
+
+/// Whether `addr_be` falls in the configured service VIP range.
+#[inline(always)]
+pub fn is_vip_range(addr_be: u32) -> bool {
+    match CONFIG.get(0) {
+        Some(cfg) => cfg.vip_mask_be != 0 && addr_be & cfg.vip_mask_be == cfg.vip_net_be,
+        None => false,
+    }
+}
 
 /// The tunnel device for `addr_be` when it lies in another node's range.
 #[inline(always)]

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use fizz_common::{
-    drop_reason, BackendKey, CtKey, CtValue, EndpointKey, SvcKey, VipKey, CT_FLAG_FIN, CT_FLAG_REPLIED,
+    drop_reason, BackendKey, CtKey, CtValue, EndpointKey, SvcKey, SvcValue, VipKey, CT_FLAG_FIN, CT_FLAG_REPLIED,
     CT_FLAG_RST, CT_FORWARD, CT_HAIRPIN, CT_REPLY, IPPROTO_TCP,
 };
 
@@ -96,27 +96,12 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: fn(u32) 
         return Ok(Outcome::NotService);
     }
 
-    let svc_key = SvcKey {
-        vip_be: flow.key.dst_be,
-        port_be: flow.key.dport_be,
-        proto: flow.key.proto,
-        _pad: 0,
+    let Some(svc) = service(flow.key.dst_be, flow.key.dport_be, flow.key.proto) else {
+        if VIPS.get_ptr(VipKey { vip_be: flow.key.dst_be }).is_some() {
+            return Ok(Outcome::Reject(drop_reason::NO_SERVICE_PORT));
+        }
+        return Ok(Outcome::NotService);
     };
-    // An exact port first, then the service's "any port" entry (port 0).
-    let svc = match SERVICES.get_ptr(&svc_key) {
-        Some(s) => s,
-        None => match SERVICES.get_ptr(&SvcKey { port_be: 0, ..svc_key }) {
-            Some(s) => s,
-            None => {
-                if VIPS.get_ptr(VipKey { vip_be: flow.key.dst_be }).is_some() {
-                    return Ok(Outcome::Reject(drop_reason::NO_SERVICE_PORT));
-                }
-                return Ok(Outcome::NotService);
-            }
-        },
-    };
-    // SAFETY: the pointer comes from a successful map lookup and is only read.
-    let svc = unsafe { *svc };
     if ip.is_fragment {
         return Err(drop_reason::VIP_FRAGMENT);
     }
@@ -126,8 +111,7 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: fn(u32) 
     if svc.net_mask != 0 {
         if let Some(client) = ENDPOINTS.get_ptr(EndpointKey { addr_be: flow.key.src_be }) {
             // SAFETY: the pointer comes from a successful map lookup and is only read.
-            let m = unsafe { (*client).net_mask };
-            if m != 0 && m & svc.net_mask == 0 {
+            if !allowed(&svc, unsafe { (*client).net_mask }) {
                 return Err(drop_reason::POLICY);
             }
         }
@@ -180,6 +164,26 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: fn(u32) 
         rewrite_addr(ctx, ip, false, flow.key.src_be, flow.key.dst_be)?;
     }
     Ok(Outcome::Translated { dst_be: backend.addr_be })
+}
+
+/// The service at `vip:port/proto`: an exact port first, then the
+/// service's "any port" entry (port 0).
+#[inline(always)]
+pub fn service(vip_be: u32, port_be: u16, proto: u8) -> Option<SvcValue> {
+    let key = SvcKey { vip_be, port_be, proto, _pad: 0 };
+    let svc = match SERVICES.get_ptr(&key) {
+        Some(s) => s,
+        None => SERVICES.get_ptr(&SvcKey { port_be: 0, ..key })?,
+    };
+    // SAFETY: the pointer comes from a successful map lookup and is only read.
+    Some(unsafe { *svc })
+}
+
+/// Whether a client on networks `client_mask` may reach service `svc`
+/// (zero on either side: no restriction).
+#[inline(always)]
+pub fn allowed(svc: &SvcValue, client_mask: u64) -> bool {
+    svc.net_mask == 0 || client_mask == 0 || svc.net_mask & client_mask != 0
 }
 
 /// Rewrites only the destination (`dst == true`) or source address.
@@ -254,7 +258,7 @@ fn tcp_ct_flags(tcp_flags: u8) -> u8 {
 /// one cursor per CPU (no contention). Flows then stick to their backend
 /// through conntrack.
 #[inline(always)]
-fn next_slot(svc_id: u32, count: u32) -> u32 {
+pub fn next_slot(svc_id: u32, count: u32) -> u32 {
     match RR.get_ptr_mut(svc_id) {
         Some(p) => {
             // SAFETY: a per-CPU array element from a successful lookup: valid,

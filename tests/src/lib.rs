@@ -260,7 +260,8 @@ impl Node {
             .context("no ifindex")?
             .trim()
             .parse()?;
-        Ok(Container { ns, addr, host_if, host_ifindex, mac, node_mac })
+        let netns_cookie = netns::cookie(&ns.path())?;
+        Ok(Container { ns, addr, host_if, host_ifindex, mac, node_mac, netns_cookie })
     }
 }
 
@@ -272,12 +273,21 @@ pub struct Container {
     pub host_ifindex: u32,
     pub mac: [u8; 6],
     pub node_mac: [u8; 6],
+    /// Its namespace's cookie: TCP connects to VIPs from it are balanced at
+    /// connect time, as the agent's containers are.
+    pub netns_cookie: u64,
 }
 
 impl Container {
     /// The datapath's entry for this container.
     pub fn endpoint(&self) -> Endpoint {
-        Endpoint { ifindex: self.host_ifindex, mac: self.mac, node_mac: self.node_mac, net_mask: 0 }
+        Endpoint {
+            ifindex: self.host_ifindex,
+            mac: self.mac,
+            node_mac: self.node_mac,
+            net_mask: 0,
+            netns_cookie: self.netns_cookie,
+        }
     }
 }
 

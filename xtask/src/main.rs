@@ -10,7 +10,7 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   build-ebpf          install what the eBPF build needs (rust-src, bpf-linker) when
                       missing, then build fizz-ebpf for bpfel-unknown-none
-  bench <name> [...]  run a benchmark (as root): vip, up, dns; arguments after the name go
+  bench <name> [...]  run a benchmark (as root): vip, up, dns, gossip; arguments after the name go
                       to the benchmark (--help lists them)";
 
 fn main() -> ExitCode {
@@ -46,7 +46,7 @@ fn run() -> Result<()> {
 /// runs the one asked for.
 fn bench(args: &[String]) -> Result<()> {
     if args.is_empty() {
-        bail!("bench needs a name: vip, up or dns\n\n{USAGE}");
+        bail!("bench needs a name: vip, up, dns or gossip\n\n{USAGE}");
     }
     ebpf::install_prerequisites()?;
     let root = ebpf::workspace_root();

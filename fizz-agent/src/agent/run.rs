@@ -709,9 +709,9 @@ impl Agent {
         };
         let wired = plumb::plumb(&req).map_err(|e| format!("plumbing {name}: {e}"))?;
         self.dp.attach(&wired.host_if).map_err(|e| format!("attaching to {}: {e}", wired.host_if))?;
-        self.dp
-            .set_endpoint(addr, fizz_common::Endpoint { ifindex: wired.host_ifindex, mac: req.mac, node_mac: wired.node_mac, net_mask })
-            .map_err(|e| e.to_string())
+        let netns_cookie = container_netns_cookie(name, pid);
+        let ep = fizz_common::Endpoint { ifindex: wired.host_ifindex, mac: req.mac, node_mac: wired.node_mac, net_mask, netns_cookie };
+        self.dp.set_endpoint(addr, ep).map_err(|e| e.to_string())
     }
 
     fn dp_remove_container(&mut self, name: &str, containers: &[ContainerInfo], id: &str) -> Result<(), String> {
@@ -732,7 +732,13 @@ impl Agent {
             match plumb::host_link(&name) {
                 Ok(Some((ifindex, node_mac))) => {
                     let _ = self.dp.attach(&name);
-                    let ep = fizz_common::Endpoint { ifindex, mac: plumb::container_mac(addr), node_mac, net_mask: mask };
+                    // The namespace is the one the endpoint was declared
+                    // with while its veth lives: no need to enter it again.
+                    let netns_cookie = match self.dp.endpoint(addr) {
+                        Ok(Some(ep)) if ep.ifindex == ifindex && ep.netns_cookie != 0 => ep.netns_cookie,
+                        _ => container_netns_cookie(&c.name, pid),
+                    };
+                    let ep = fizz_common::Endpoint { ifindex, mac: plumb::container_mac(addr), node_mac, net_mask: mask, netns_cookie };
                     let _ = self.dp.set_endpoint(addr, ep);
                 }
                 Ok(None) => {
@@ -782,6 +788,18 @@ impl Agent {
         }
         if let Err(e) = self.dp.gc_conntrack(&Timeouts::default()) {
             eprintln!("fizz agent: {e}");
+        }
+    }
+}
+
+/// The cookie of a container's network namespace, for connect-time
+/// balancing; 0 (balanced per packet at TC instead) if it cannot be read.
+fn container_netns_cookie(name: &str, pid: u32) -> u64 {
+    match crate::net::netns::cookie(&format!("/proc/{pid}/ns/net")) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fizz agent: {name}: no connect-time balancing: {e}");
+            0
         }
     }
 }

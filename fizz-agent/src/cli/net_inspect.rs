@@ -49,21 +49,26 @@ pub fn render(s: &Snapshot) -> String {
         .collect();
     out += &format!("attached to: {}\n\n", if attached.is_empty() { "nothing".into() } else { attached.join(", ") });
 
-    let mut t = table(&["SERVICE", "PACKETS", "BYTES", "BACKEND", "FLOWS", "BACKEND PACKETS"]);
+    let mut t = table(&["SERVICE", "CONNECTS", "PACKETS", "BYTES", "BACKEND", "CONNECTS", "FLOWS", "PACKETS"]);
     for svc in &s.services {
         if svc.backends.is_empty() {
-            t.add_row(vec![svc.frontend.to_string(), svc.packets.to_string(), svc.bytes.to_string(), "(none: rejects)".into(), String::new(), String::new()]);
+            let mut row = vec![svc.frontend.to_string(), svc.connects.to_string(), svc.packets.to_string()];
+            row.extend([svc.bytes.to_string(), "(none: rejects)".into(), String::new(), String::new(), String::new()]);
+            t.add_row(row);
         }
         for (i, b) in svc.backends.iter().enumerate() {
-            let (name, p, by) = if i == 0 {
-                (svc.frontend.to_string(), svc.packets.to_string(), svc.bytes.to_string())
+            let mut row = if i == 0 {
+                vec![svc.frontend.to_string(), svc.connects.to_string(), svc.packets.to_string(), svc.bytes.to_string()]
             } else {
-                (String::new(), String::new(), String::new())
+                vec![String::new(); 4]
             };
-            t.add_row(vec![name, p, by, b.backend.to_string(), b.flows.to_string(), b.packets.to_string()]);
+            row.extend([b.backend.to_string(), b.connects.to_string(), b.flows.to_string(), b.packets.to_string()]);
+            t.add_row(row);
         }
     }
-    out += &format!("services ({})\n{t}\n\n", s.services.len());
+    out += &format!("services ({})\n{t}\n", s.services.len());
+    out += "CONNECTS: TCP connections balanced at connect time (no NAT: their packets take the direct path); \
+            FLOWS, PACKETS, BYTES: flows NAT'd per packet (UDP, and clients outside this node's containers).\n\n";
 
     let mut t = table(&["ENDPOINT", "INTERFACE", "MAC"]);
     for e in &s.endpoints {

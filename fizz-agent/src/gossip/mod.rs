@@ -10,6 +10,8 @@
 //!   Pure.
 //! - [`Membership`]: the state machine, foca plus Fizz's view of the members ([`MemberView`]),
 //!   fed packets and timeouts with the time, answering with packets to send and events. Pure.
+//! - [`sim`]: whole clusters of `Membership`s in memory with a simulated clock and network,
+//!   for the tests and `cargo xtask bench gossip`.
 //! - [`runtime`]: the task that owns the UDP socket and the clock and drives a `Membership`;
 //!   the rest of the agent talks to it through a [`GossipHandle`].
 //!
@@ -27,6 +29,7 @@ pub mod crypto;
 mod identity;
 mod membership;
 pub mod runtime;
+pub mod sim;
 
 #[cfg(test)]
 mod sim_tests;

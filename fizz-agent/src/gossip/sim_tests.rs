@@ -1,256 +1,19 @@
-//! Whole clusters of [`Membership`]s in memory: a simulated clock, a network with latency,
-//! loss and partitions, all driven by a seeded PRNG so every run is reproducible.
+//! Membership behaviour on whole simulated clusters ([`super::sim`]).
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    net::SocketAddr,
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
-use rand::{rngs::SmallRng, Rng, RngExt, SeedableRng};
+use rand::{rngs::SmallRng, RngExt, SeedableRng};
 
 use super::{
     crypto::{DropReason, Key},
-    Event, MemberState, Membership, NodeMeta, Output, Tuning,
+    sim::{addr, meta, Sim, SECRET},
+    Event, MemberState, Membership, Tuning,
 };
-
-const T0: Duration = Duration::from_secs(1_700_000_000);
-const SECRET: &[u8] = b"the cluster secret";
-
-struct Node {
-    membership: Membership,
-    running: bool,
-    events: Vec<(Duration, Event)>,
-}
-
-struct Sim {
-    now: Duration,
-    nodes: Vec<Node>,
-    flights: BTreeMap<(Duration, u64), (SocketAddr, SocketAddr, Vec<u8>)>,
-    seq: u64,
-    rng: SmallRng,
-    loss: f64,
-    /// Nodes cut off from everyone.
-    isolated: HashSet<usize>,
-    /// Copies of every packet delivered to node 0.
-    tap: Vec<Vec<u8>>,
-    tuning: Tuning,
-}
-
-fn addr(i: usize) -> SocketAddr {
-    SocketAddr::from(([10, 0, 0, i as u8 + 1], 7946))
-}
-
-fn meta(i: usize, name: &str) -> NodeMeta {
-    NodeMeta {
-        name: name.into(),
-        addr: addr(i),
-        range: format!("10.42.{i}.0/24"),
-        wg_pubkey: format!("wg-key-of-{name}"),
-    }
-}
-
-impl Sim {
-    fn new(seed: u64) -> Sim {
-        Sim {
-            now: T0,
-            nodes: Vec::new(),
-            flights: BTreeMap::new(),
-            seq: 0,
-            rng: SmallRng::seed_from_u64(seed),
-            loss: 0.0,
-            isolated: HashSet::new(),
-            tap: Vec::new(),
-            tuning: Tuning::default(),
-        }
-    }
-
-    fn membership(&mut self, i: usize, name: &str, generation: u64, secret: &[u8]) -> Membership {
-        let mut entropy = [0u8; 32];
-        self.rng.fill_bytes(&mut entropy);
-        Membership::new(
-            meta(i, name),
-            generation,
-            Key::derive(secret),
-            self.tuning.clone(),
-            entropy,
-        )
-        .unwrap()
-    }
-
-    /// Adds a node that joins through node 0 (node 0 itself just starts).
-    fn add(&mut self, name: &str, secret: &[u8]) -> usize {
-        let i = self.nodes.len();
-        let membership = self.membership(i, name, 1, secret);
-        self.nodes.push(Node {
-            membership,
-            running: true,
-            events: Vec::new(),
-        });
-        if i > 0 {
-            self.join(i, &[0]);
-        }
-        i
-    }
-
-    fn cluster(seed: u64, n: usize) -> Sim {
-        Sim::cluster_with(seed, n, Tuning::default())
-    }
-
-    fn cluster_with(seed: u64, n: usize, tuning: Tuning) -> Sim {
-        let mut sim = Sim::new(seed);
-        sim.tuning = tuning;
-        for i in 0..n {
-            sim.add(&format!("node{i}"), SECRET);
-        }
-        sim
-    }
-
-    fn join(&mut self, i: usize, seeds: &[usize]) {
-        let seeds: Vec<_> = seeds.iter().map(|s| addr(*s)).collect();
-        let out = self.nodes[i].membership.join(self.now, &seeds);
-        self.apply(i, out);
-    }
-
-    /// Replaces node `i` with a fresh process (same name and address), which joins node 0.
-    fn restart(&mut self, i: usize, generation: u64) {
-        let name = self.nodes[i].membership.meta().name.clone();
-        self.nodes[i].membership = self.membership(i, &name, generation, SECRET);
-        self.nodes[i].running = true;
-        self.join(i, &[0]);
-    }
-
-    fn apply(&mut self, from: usize, outputs: Vec<Output>) {
-        for output in outputs {
-            match output {
-                Output::Send { to, packet } => {
-                    if self.rng.random_bool(self.loss) {
-                        continue;
-                    }
-                    let latency = Duration::from_micros(self.rng.random_range(500..5_000));
-                    self.seq += 1;
-                    self.flights
-                        .insert((self.now + latency, self.seq), (addr(from), to, packet));
-                }
-                Output::Event(event) => self.nodes[from].events.push((self.now, event)),
-            }
-        }
-    }
-
-    /// Runs the cluster until `until`.
-    fn run_until(&mut self, until: Duration) {
-        loop {
-            let flight = self.flights.keys().next().map(|k| k.0);
-            let timer = (0..self.nodes.len())
-                .filter(|i| self.nodes[*i].running)
-                .filter_map(|i| self.nodes[i].membership.next_deadline().map(|t| (t, i)))
-                .min();
-            let next = match (flight, timer) {
-                (Some(f), Some((t, _))) => f.min(t),
-                (Some(f), None) => f,
-                (None, Some((t, _))) => t,
-                (None, None) => until,
-            };
-            if next > until {
-                self.now = until;
-                return;
-            }
-            self.now = self.now.max(next);
-            if flight == Some(next) {
-                let (_, (from, to, packet)) = self.flights.pop_first().unwrap();
-                let Some(i) = (0..self.nodes.len()).find(|i| addr(*i) == to) else {
-                    continue;
-                };
-                let cut = self.isolated.iter().any(|n| addr(*n) == from || *n == i);
-                if !self.nodes[i].running || cut {
-                    continue;
-                }
-                if i == 0 {
-                    self.tap.push(packet.clone());
-                }
-                let out = self.nodes[i]
-                    .membership
-                    .handle_packet(self.now, from, &packet);
-                self.apply(i, out);
-            } else if let Some((_, i)) = timer {
-                let out = self.nodes[i].membership.handle_timeout(self.now);
-                self.apply(i, out);
-            }
-        }
-    }
-
-    fn run_for(&mut self, d: Duration) {
-        self.run_until(self.now + d);
-    }
-
-    fn state(&self, observer: usize, name: &str) -> Option<MemberState> {
-        self.nodes[observer]
-            .membership
-            .members()
-            .into_iter()
-            .skip(1)
-            .find(|m| m.name == name)
-            .map(|m| m.state)
-    }
-
-    fn all_alive(&self, nodes: &[usize]) -> bool {
-        nodes.iter().all(|o| {
-            nodes.iter().filter(|n| *n != o).all(|n| {
-                let name = &self.nodes[*n].membership.meta().name;
-                self.state(*o, name) == Some(MemberState::Alive)
-            })
-        })
-    }
-
-    fn converge(&mut self, limit: Duration) {
-        let all: Vec<_> = (0..self.nodes.len()).collect();
-        let deadline = self.now + limit;
-        while !self.all_alive(&all) {
-            assert!(self.now < deadline, "no convergence within {limit:?}");
-            self.run_for(Duration::from_millis(10));
-        }
-    }
-
-    /// Runs until every running node other than `victim` sees it down; returns how long that
-    /// took for each.
-    fn time_to_down(&mut self, victim: usize, limit: Duration) -> Vec<Duration> {
-        let name = self.nodes[victim].membership.meta().name.clone();
-        let start = self.now;
-        let observers: Vec<_> = (0..self.nodes.len())
-            .filter(|i| *i != victim && self.nodes[*i].running)
-            .collect();
-        let mut seen = vec![None; self.nodes.len()];
-        while observers.iter().any(|o| seen[*o].is_none()) {
-            assert!(
-                self.now - start < limit,
-                "{name} not down everywhere within {limit:?}"
-            );
-            self.run_for(Duration::from_millis(10));
-            for o in &observers {
-                if seen[*o].is_none() && self.state(*o, &name) == Some(MemberState::Down) {
-                    seen[*o] = Some(self.now - start);
-                }
-            }
-        }
-        observers.iter().map(|o| seen[*o].unwrap()).collect()
-    }
-
-    fn downs(&self, i: usize) -> Vec<String> {
-        self.nodes[i]
-            .events
-            .iter()
-            .filter_map(|(_, e)| match e {
-                Event::MemberDown(v) => Some(v.name.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-}
 
 #[test]
 fn a_cluster_converges_and_carries_metadata() {
     let mut sim = Sim::cluster(1, 5);
-    sim.converge(Duration::from_secs(3));
+    sim.converge(Duration::from_secs(3)).unwrap();
     let views = sim.nodes[4].membership.members();
     assert_eq!(views.len(), 5);
     assert_eq!(views[0].name, "node4");
@@ -280,12 +43,12 @@ fn a_crashed_node_is_down_everywhere_within_the_bound() {
     let mut all = Vec::new();
     for (seed, size) in (0..12).map(|s| (s, [3, 5, 8][s as usize % 3])) {
         let mut sim = Sim::cluster(100 + seed, size);
-        sim.converge(Duration::from_secs(3));
+        sim.converge(Duration::from_secs(3)).unwrap();
         // Let probing settle into its rhythm, then crash a node at an arbitrary moment.
         sim.run_for(Duration::from_millis(5_000 + 137 * seed));
         let victim = size - 1 - (seed as usize % 2);
         sim.nodes[victim].running = false;
-        let times = sim.time_to_down(victim, Duration::from_secs(20));
+        let times = sim.time_to_down(victim, Duration::from_secs(20)).unwrap();
         let slowest = *times.iter().max().unwrap();
         eprintln!("seed {seed}, {size} nodes: down everywhere after {slowest:?}");
         worst = worst.max(slowest);
@@ -303,7 +66,7 @@ fn a_crashed_node_is_down_everywhere_within_the_bound() {
 fn ten_percent_loss_declares_no_one_down_for_a_minute() {
     for (seed, size) in [(7, 3), (8, 5), (9, 3), (10, 8), (11, 3), (12, 5)] {
         let mut sim = Sim::cluster(seed, size);
-        sim.converge(Duration::from_secs(3));
+        sim.converge(Duration::from_secs(3)).unwrap();
         sim.loss = 0.10;
         sim.run_for(Duration::from_secs(60));
         let mut suspicions = 0;
@@ -359,7 +122,7 @@ fn a_node_with_the_wrong_key_never_becomes_a_member() {
 #[test]
 fn hostile_packets_are_counted_and_ignored() {
     let mut sim = Sim::cluster(4, 3);
-    sim.converge(Duration::from_secs(3));
+    sim.converge(Duration::from_secs(3)).unwrap();
     sim.run_for(Duration::from_secs(5));
     let captured = std::mem::take(&mut sim.tap);
     assert!(captured.len() > 20);
@@ -469,12 +232,12 @@ fn hostile_packets_are_counted_and_ignored() {
 #[test]
 fn a_graceful_leave_is_seen_at_once() {
     let mut sim = Sim::cluster(5, 4);
-    sim.converge(Duration::from_secs(3));
+    sim.converge(Duration::from_secs(3)).unwrap();
     sim.run_for(Duration::from_secs(2));
     let out = sim.nodes[3].membership.leave(sim.now);
     sim.apply(3, out);
     sim.nodes[3].running = false;
-    let times = sim.time_to_down(3, Duration::from_secs(2));
+    let times = sim.time_to_down(3, Duration::from_secs(2)).unwrap();
     eprintln!("leave seen after {times:?}");
     assert!(times.iter().all(|t| *t < Duration::from_millis(500)));
 }
@@ -482,7 +245,7 @@ fn a_graceful_leave_is_seen_at_once() {
 #[test]
 fn a_restarted_node_supersedes_its_previous_process() {
     let mut sim = Sim::cluster(6, 4);
-    sim.converge(Duration::from_secs(3));
+    sim.converge(Duration::from_secs(3)).unwrap();
     sim.run_for(Duration::from_secs(2));
     // Killed and restarted before anyone noticed: renewed in place, never down.
     sim.nodes[2].running = false;
@@ -501,9 +264,9 @@ fn a_restarted_node_supersedes_its_previous_process() {
 
     // Killed, declared down, then restarted: up again as the new generation.
     sim.nodes[2].running = false;
-    sim.time_to_down(2, Duration::from_secs(10));
+    sim.time_to_down(2, Duration::from_secs(10)).unwrap();
     sim.restart(2, 3);
-    sim.converge(Duration::from_secs(3));
+    sim.converge(Duration::from_secs(3)).unwrap();
     let seen = sim.nodes[0].membership.members();
     assert_eq!(seen.iter().filter(|v| v.name == "node2").count(), 1);
     assert_eq!(
@@ -518,14 +281,14 @@ fn a_restarted_node_supersedes_its_previous_process() {
 #[test]
 fn a_restarted_seed_is_found_again_without_seeds_of_its_own() {
     let mut sim = Sim::cluster(13, 4);
-    sim.converge(Duration::from_secs(3));
+    sim.converge(Duration::from_secs(3)).unwrap();
     sim.nodes[0].running = false;
     sim.run_for(Duration::from_millis(500));
     let name = sim.nodes[0].membership.meta().name.clone();
     sim.nodes[0].membership = sim.membership(0, &name, 2, SECRET);
     sim.nodes[0].running = true;
     // No join: it only hears probes addressed to its previous generation.
-    sim.converge(Duration::from_secs(3));
+    sim.converge(Duration::from_secs(3)).unwrap();
     for i in 1..4 {
         assert!(sim.downs(i).is_empty());
         assert_eq!(sim.nodes[i].membership.members()[1].generation, 2);
@@ -535,9 +298,9 @@ fn a_restarted_seed_is_found_again_without_seeds_of_its_own() {
 #[test]
 fn a_partitioned_node_comes_back_after_healing() {
     let mut sim = Sim::cluster(11, 4);
-    sim.converge(Duration::from_secs(3));
+    sim.converge(Duration::from_secs(3)).unwrap();
     sim.isolated.insert(3);
-    sim.time_to_down(3, Duration::from_secs(10));
+    sim.time_to_down(3, Duration::from_secs(10)).unwrap();
     sim.run_for(Duration::from_secs(5));
     assert!(sim.nodes[3]
         .events
@@ -545,7 +308,7 @@ fn a_partitioned_node_comes_back_after_healing() {
         .any(|(_, e)| *e == Event::Isolated));
     sim.isolated.clear();
     let healed = sim.now;
-    sim.converge(Duration::from_secs(10));
+    sim.converge(Duration::from_secs(10)).unwrap();
     eprintln!("partition healed after {:?}", sim.now - healed);
     assert!(
         sim.nodes[3].membership.generation() > 1,
@@ -556,7 +319,7 @@ fn a_partitioned_node_comes_back_after_healing() {
 #[test]
 fn a_metadata_change_spreads_without_downtime() {
     let mut sim = Sim::cluster(12, 4);
-    sim.converge(Duration::from_secs(3));
+    sim.converge(Duration::from_secs(3)).unwrap();
     let mut renamed = sim.nodes[1].membership.meta().clone();
     renamed.name = "other".into();
     assert!(sim.nodes[1]

@@ -71,8 +71,12 @@ pub struct LinkView {
 pub struct ServiceView {
     pub frontend: Frontend,
     pub id: u32,
+    /// Packets and bytes of flows NAT'd per packet (at TC).
     pub packets: u64,
     pub bytes: u64,
+    /// TCP connections balanced at connect time (their packets take the
+    /// direct path and are not counted above).
+    pub connects: u64,
     pub backends: Vec<BackendView>,
 }
 
@@ -83,6 +87,8 @@ pub struct BackendView {
     pub id: u32,
     pub packets: u64,
     pub bytes: u64,
+    /// Connections balanced to it at connect time.
+    pub connects: u64,
     /// Conntrack flows through this backend now.
     pub flows: u64,
 }
@@ -185,6 +191,7 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
                     id: b.id,
                     packets: bs.packets,
                     bytes: bs.bytes,
+                    connects: maps.sock_connects.get(b.id)?.packets,
                     flows: flows_per_backend.get(&(v.id, b.id)).copied().unwrap_or(0),
                 });
             }
@@ -192,7 +199,8 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
         // A service's traffic is the sum over its backends (ids are per service).
         let packets = backends.iter().map(|b| b.packets).sum();
         let bytes = backends.iter().map(|b| b.bytes).sum();
-        services.push(ServiceView { frontend, id: v.id, packets, bytes, backends });
+        let connects = backends.iter().map(|b| b.connects).sum();
+        services.push(ServiceView { frontend, id: v.id, packets, bytes, connects, backends });
     }
     services.sort_by_key(|s| s.frontend);
 

@@ -44,3 +44,30 @@ where
         handle.join().map_err(|_| NetnsError::Panicked(path.to_string()))?
     })
 }
+
+/// The kernel's cookie of the network namespace at `path` (`SO_NETNS_COOKIE`
+/// of a socket made inside it): what an eBPF program sees as
+/// `bpf_get_netns_cookie`. Unique for the life of the system.
+pub fn cookie(path: &str) -> Result<u64, NetnsError> {
+    let enter = |source| NetnsError::Enter { path: path.to_string(), source };
+    run_in(path, || {
+        // SAFETY: plain socket calls; the descriptor is closed before return
+        // and `cookie` is a valid u64 for getsockopt to fill.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut cookie: u64 = 0;
+            let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+            let rc = libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if rc != 0 {
+                return Err(err);
+            }
+            Ok(cookie)
+        }
+    })?
+    .map_err(enter)
+}

@@ -2,6 +2,7 @@
 //! `fizz_tests`: simulated nodes and containers as network namespaces.
 
 pub mod dns;
+pub mod gossip;
 pub mod host;
 pub mod interrupt;
 pub mod load;

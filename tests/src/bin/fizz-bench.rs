@@ -29,6 +29,9 @@ enum Bench {
     /// Fizz's DNS server vs NSD on loopback: queries per second (dnsperf)
     /// and latency percentiles at a fixed rate.
     Dns(bench::dns::Options),
+    /// Membership on simulated clusters of 3 and 20 members: failure
+    /// detection, convergence after a join and after a leave.
+    Gossip(bench::gossip::Options),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Bench::Vip(opts) => bench::vip::run(&opts),
         Bench::Up(opts) => bench::up::run(&opts),
         Bench::Dns(opts) => bench::dns::run(&opts),
+        Bench::Gossip(opts) => bench::gossip::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -506,15 +506,25 @@ fn a_vip_on_one_node_reaches_its_backend_on_the_other() {
     // The reply comes back through the tunnel from the backend's address;
     // node 1 reverses the NAT on arrival, so the client sees the VIP (a TCP
     // handshake answered from another address would never complete).
-    for i in 0..20 {
-        let msg = format!("request {i}");
-        let (echo, peer) = tcp_echo(&p.a.c, vip, msg.as_bytes()).unwrap();
-        assert_eq!((echo, peer), (msg.into_bytes(), vip));
+    // First balanced at connect time (the client's namespace is declared),
+    // then, with the namespace forgotten, NAT'd per packet at TC.
+    for connect_time in [true, false] {
+        if !connect_time {
+            let ep = fizz_common::Endpoint { netns_cookie: 0, ..p.a.c.endpoint() };
+            p.a.dp.set_endpoint(p.a.c.addr, ep).unwrap();
+        }
+        for i in 0..20 {
+            let msg = format!("request {i}");
+            let (echo, peer) = tcp_echo(&p.a.c, vip, msg.as_bytes()).unwrap();
+            assert_eq!((echo, peer), (msg.into_bytes(), vip), "connect-time: {connect_time}");
+        }
     }
     // A connected UDP socket accepts answers from the VIP only.
     assert_eq!(udp_pings(&p.a.c, vip, 20), 20);
 
     let snap = fizz::net::inspect::snapshot(p.a.node.pins.0.as_path()).unwrap();
+    let tcp = snap.services.iter().find(|s| s.frontend.proto == Proto::Tcp).unwrap();
+    assert_eq!(tcp.connects, 20, "{tcp:?}");
     assert!(
         snap.services.iter().all(|s| s.packets > 0),
         "{:?}",

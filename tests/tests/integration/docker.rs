@@ -56,7 +56,7 @@ fn a_docker_container_is_plumbed_and_reached_through_the_datapath() {
     let req = PlumbRequest { pid, host_if: host_if.clone(), addr, mac: plumb::container_mac(addr), mtu: 1500 };
     let wired = node.ns.run(|| plumb::plumb(&req)).unwrap().unwrap();
     node.attach(&mut dp, &wired.host_if).unwrap();
-    dp.set_endpoint(addr, fizz_common::Endpoint { ifindex: wired.host_ifindex, mac: req.mac, node_mac: wired.node_mac, net_mask: 0 }).unwrap();
+    dp.set_endpoint(addr, fizz_common::Endpoint { ifindex: wired.host_ifindex, mac: req.mac, node_mac: wired.node_mac, net_mask: 0, netns_cookie: 0 }).unwrap();
 
     let target = SocketAddr::from((addr, 8080));
     let body = client

@@ -43,7 +43,7 @@ fn fixture() -> Fixture {
     dp.set_service(&svc(EMPTY_VIP, 80, Proto::Tcp, &[])).unwrap();
     dp.set_service(&svc(ANY_PORT_VIP, 0, Proto::Tcp, &[(BACKEND, 0)])).unwrap();
     dp.set_service(&svc(ANY_PORT_VIP, 443, Proto::Tcp, &[(BACKEND, 8443)])).unwrap();
-    dp.set_endpoint(BACKEND, Endpoint { ifindex: 1, mac: BACKEND_MAC, node_mac: NODE_MAC, net_mask: 0 }).unwrap();
+    dp.set_endpoint(BACKEND, Endpoint { ifindex: 1, mac: BACKEND_MAC, node_mac: NODE_MAC, net_mask: 0, netns_cookie: 0 }).unwrap();
     Fixture { dp, _pins: pins }
 }
 

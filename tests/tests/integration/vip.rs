@@ -79,12 +79,39 @@ fn three_backends_share_requests_and_a_removed_backend_gets_none() {
             .unwrap();
     }
 
+    // A second client that is not declared with its namespace: its
+    // connections are balanced per packet, at TC, with conntrack.
+    let tc_client = node.container(Ipv4Addr::new(10, 42, 0, 3)).unwrap();
+    node.attach(&mut dp, &tc_client.host_if).unwrap();
+    dp.set_endpoint(tc_client.addr, fizz_common::Endpoint { netns_cookie: 0, ..tc_client.endpoint() }).unwrap();
+
     let all: Vec<&Container> = backends.iter().collect();
     dp.set_service(&spec(80, &all, 8080)).unwrap();
-    let seen = count_backends(&client, 300);
-    assert_eq!(seen.len(), 3, "all three backends answer: {seen:?}");
-    for (b, n) in &seen {
-        assert!((80..=120).contains(n), "{b} got {n} of 300 (want 100 ± 20%): {seen:?}");
+    for (who, c) in [("connect-time", &client), ("per-packet", &tc_client)] {
+        let seen = count_backends(c, 300);
+        assert_eq!(seen.len(), 3, "{who}: all three backends answer: {seen:?}");
+        for (b, n) in &seen {
+            assert!((80..=120).contains(n), "{who}: {b} got {n} of 300 (want 100 ± 20%): {seen:?}");
+        }
+    }
+    let snap = fizz::net::inspect::snapshot(node.pins.0.as_path()).unwrap();
+    let svc = &snap.services[0];
+    assert_eq!(svc.connects, 300, "the declared client's connections are balanced at connect time");
+    assert!(svc.packets > 0, "the other client's are NAT'd per packet");
+    let tc_addr = tc_client.addr.to_string();
+    assert!(
+        !snap.conntrack.is_empty() && snap.conntrack.iter().all(|f| f.client.starts_with(&format!("{tc_addr}:"))),
+        "only the per-packet client's flows are in conntrack: {:?}",
+        snap.conntrack
+    );
+    // Either way the client sees the VIP as its peer.
+    for c in [&client, &tc_client] {
+        let peer = c
+            .ns
+            .run(|| TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), Duration::from_secs(2)).and_then(|s| s.peer_addr()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(peer, SocketAddr::from((VIP, 80)));
     }
 
     // Remove b1: it gets no new flows, and its flows are purged.
@@ -92,13 +119,13 @@ fn three_backends_share_requests_and_a_removed_backend_gets_none() {
     let snap = fizz::net::inspect::snapshot(node.pins.0.as_path()).unwrap();
     let gone = format!("{}:8080", backends[1].addr);
     assert!(snap.conntrack.iter().all(|f| f.backend != gone), "flows through the removed backend are purged");
-    let seen = count_backends(&client, 90);
-    assert_eq!(seen.get("b1"), None, "the removed backend got requests: {seen:?}");
-    assert_eq!(seen.values().sum::<usize>(), 90);
-
-    let svc = &snap.services[0];
-    assert_eq!(svc.backends.len(), 2);
-    assert!(svc.packets > 0);
+    for c in [&client, &tc_client] {
+        let seen = count_backends(c, 90);
+        assert_eq!(seen.get("b1"), None, "the removed backend got requests: {seen:?}");
+        assert_eq!(seen.values().sum::<usize>(), 90);
+    }
+    let snap = fizz::net::inspect::snapshot(node.pins.0.as_path()).unwrap();
+    assert_eq!(snap.services[0].backends.len(), 2);
 }
 
 #[test]

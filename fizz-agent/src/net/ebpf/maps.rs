@@ -12,7 +12,7 @@ use aya::maps::{
 };
 use fizz_common::{
     map_names, Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey,
-    Remote, RemoteAddr, SvcKey, SvcValue, VipKey, VipValue,
+    Remote, RemoteAddr, SockClient, SockPeer, SvcKey, SvcValue, VipKey, VipValue,
 };
 
 use super::Error;
@@ -206,6 +206,11 @@ pub struct Maps {
     pub verdicts: Counters,
     pub config: ConfigMap,
     pub remotes: Remotes,
+    /// Network-namespace cookie → the container whose connects are balanced.
+    pub sock_clients: TypedHash<u64, SockClient>,
+    /// Socket cookie → the VIP it connected to.
+    pub sock_peers: TypedHash<u64, SockPeer>,
+    pub sock_connects: Counters,
 }
 
 impl Maps {
@@ -223,6 +228,9 @@ impl Maps {
             verdicts: Counters::open(dir, map_names::VERDICTS)?,
             config: ConfigMap::open(dir)?,
             remotes: Remotes::open(dir)?,
+            sock_clients: TypedHash::open(dir, map_names::SOCK_CLIENTS)?,
+            sock_peers: TypedHash::open(dir, map_names::SOCK_PEERS)?,
+            sock_connects: Counters::open(dir, map_names::SOCK_CONNECTS)?,
         })
     }
 }

@@ -8,7 +8,9 @@
 //!   new map layout gets a new directory, never old pins);
 //! - `from_container`, `from_wireguard`: the TC programs;
 //! - `links/<ifname>@<ifindex>`: one TCX link per attached veth (bpffs allows no dots in names);
-//! - `wg-links/<ifname>@<ifindex>`: the TCX link of `from_wireguard` on the WireGuard device.
+//! - `wg-links/<ifname>@<ifindex>`: the TCX link of `from_wireguard` on the WireGuard device;
+//! - `fz_connect4`, `fz_getpeername4` and their links to the root cgroup
+//!   (v2) in `sock-links/`: connect-time balancing of TCP.
 //!
 //! Everything lives in pins, so an agent that exits leaves the datapath
 //! running, and the next one adopts it: same maps, same links; the program
@@ -16,6 +18,7 @@
 //! userspace WireGuard device lives in the agent's process, so its link
 //! outlives it only as a pin that `gc_links` removes.)
 
+mod cgroup;
 pub mod maps;
 pub mod test_run;
 
@@ -29,15 +32,15 @@ use std::{
 
 use aya::{
     programs::{
-        links::{FdLink, LinkOrder, PinnedLink},
+        links::{CgroupAttachMode, FdLink, LinkOrder, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
-        SchedClassifier, TcAttachType,
+        CgroupSockAddr, CgroupSockAddrAttachType, SchedClassifier, TcAttachType,
     },
     Ebpf, EbpfLoader,
 };
 use fizz_common::{
-    Backend, BackendKey, Config, CtKey, Endpoint, EndpointKey, Remote, SvcKey, SvcValue, VipKey,
-    VipValue, PROG_FROM_CONTAINER, PROG_FROM_WIREGUARD,
+    Backend, BackendKey, Config, CtKey, Endpoint, EndpointKey, Remote, SockClient, SvcKey, SvcValue,
+    VipKey, VipValue, PROG_FROM_CONTAINER, PROG_FROM_WIREGUARD, PROG_SOCK_CONNECT4, PROG_SOCK_GETPEERNAME4,
 };
 
 pub use self::maps::Maps;
@@ -96,6 +99,8 @@ pub enum Error {
 const LINKS: &str = "links";
 /// Where the link of `from_wireguard` is pinned, under the pin directory.
 const WG_LINKS: &str = "wg-links";
+/// Where the root-cgroup links of the socket programs are pinned.
+const SOCK_LINKS: &str = "sock-links";
 
 /// What the datapath needs to know at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,7 +220,7 @@ impl Datapath {
         ensure_bpffs(pin_dir)?;
         check_bpffs(pin_dir)?;
         let maps_dir = maps_dir(pin_dir);
-        for d in [pin_dir.to_path_buf(), maps_dir.clone(), pin_dir.join(LINKS), pin_dir.join(WG_LINKS)] {
+        for d in [pin_dir.to_path_buf(), maps_dir.clone(), pin_dir.join(LINKS), pin_dir.join(WG_LINKS), pin_dir.join(SOCK_LINKS)] {
             std::fs::create_dir_all(&d).map_err(io(format!("creating {}", d.display())))?;
         }
         // Maps pinned by name are reused when their pins exist.
@@ -225,6 +230,13 @@ impl Datapath {
             .map_err(|e| Error::Load(Box::new(e)))?;
         let prog = adopt_program(&mut ebpf, PROG_FROM_CONTAINER, pin_dir, LINKS)?;
         let wg_prog = adopt_program(&mut ebpf, PROG_FROM_WIREGUARD, pin_dir, WG_LINKS)?;
+        let cgroup = cgroup::root()?;
+        for (name, kind) in [
+            (PROG_SOCK_CONNECT4, CgroupSockAddrAttachType::Connect4),
+            (PROG_SOCK_GETPEERNAME4, CgroupSockAddrAttachType::GetPeerName4),
+        ] {
+            adopt_sock_program(&mut ebpf, name, kind, pin_dir, &cgroup)?;
+        }
         // The pins hold the programs now; the loader's copies can go.
         drop(ebpf);
 
@@ -315,14 +327,39 @@ impl Datapath {
         Ok(n)
     }
 
-    /// Declares a local container: packets for `addr` go straight into it.
+    /// Declares a local container: packets for `addr` go straight into it,
+    /// and, when `ep.netns_cookie` names its network namespace, its TCP
+    /// connects to VIPs are balanced at connect time.
     pub fn set_endpoint(&mut self, addr: Ipv4Addr, ep: Endpoint) -> Result<(), Error> {
-        self.maps.endpoints.set(&EndpointKey { addr_be: u32::from(addr).to_be() }, &ep)
+        let key = EndpointKey { addr_be: u32::from(addr).to_be() };
+        let old = self.maps.endpoints.get(&key)?;
+        if ep.netns_cookie != 0 {
+            let client = SockClient { addr_be: key.addr_be, _pad: 0, net_mask: ep.net_mask };
+            self.maps.sock_clients.set(&ep.netns_cookie, &client)?;
+        }
+        self.maps.endpoints.set(&key, &ep)?;
+        match old {
+            Some(o) if o.netns_cookie != 0 && o.netns_cookie != ep.netns_cookie => {
+                self.maps.sock_clients.remove(&o.netns_cookie)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The entry of local container `addr`, if declared.
+    pub fn endpoint(&self, addr: Ipv4Addr) -> Result<Option<Endpoint>, Error> {
+        self.maps.endpoints.get(&EndpointKey { addr_be: u32::from(addr).to_be() })
     }
 
     /// Forgets a local container.
     pub fn remove_endpoint(&mut self, addr: Ipv4Addr) -> Result<(), Error> {
-        self.maps.endpoints.remove(&EndpointKey { addr_be: u32::from(addr).to_be() })
+        let key = EndpointKey { addr_be: u32::from(addr).to_be() };
+        let old = self.maps.endpoints.get(&key)?;
+        self.maps.endpoints.remove(&key)?;
+        match old {
+            Some(o) if o.netns_cookie != 0 => self.maps.sock_clients.remove(&o.netns_cookie),
+            _ => Ok(()),
+        }
     }
 
     /// The services installed now.
@@ -349,6 +386,7 @@ impl Datapath {
 
         for bid in &plan.new_backend_ids {
             self.maps.backend_stats.reset(*bid)?;
+            self.maps.sock_connects.reset(*bid)?;
         }
         for (slot, b, bid) in &plan.slots {
             self.maps.backends.set(
@@ -488,6 +526,54 @@ fn adopt_program(ebpf: &mut Ebpf, name: &'static str, pin_dir: &Path, links: &st
     }
     SchedClassifier::from_pin(&prog_pin)
         .map_err(|source| Error::Program { what: format!("opening {}", prog_pin.display()), source })
+}
+
+/// Loads socket program `name` and makes sure a link of it to the root
+/// cgroup is pinned under `sock-links/`. A pinned link of the same code is
+/// kept; new code is attached beside the old, then takes its pin (the old
+/// link goes with its pin). For that moment both run, which is harmless:
+/// the first points a connect at a backend, the second then sees no VIP.
+fn adopt_sock_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    kind: CgroupSockAddrAttachType,
+    pin_dir: &Path,
+    cgroup: &std::fs::File,
+) -> Result<(), Error> {
+    let prog_pin = pin_dir.join(name);
+    let link_pin = pin_dir.join(SOCK_LINKS).join(name);
+    let fresh: &mut CgroupSockAddr = ebpf
+        .program_mut(name)
+        .ok_or(Error::NoProgram(name))?
+        .try_into()
+        .map_err(|source| Error::Program { what: format!("program type of {name}"), source })?;
+    fresh.load().map_err(|source| Error::Program { what: format!("loading {name}"), source })?;
+    let same = match (CgroupSockAddr::from_pin(&prog_pin, kind), fresh.info()) {
+        (Ok(pinned), Ok(new)) => pinned.info().is_ok_and(|old| old.tag() == new.tag()),
+        _ => false,
+    };
+    if same && link_pin.exists() {
+        return Ok(());
+    }
+    let what = format!("attaching {name} to the root cgroup");
+    // A cgroup link is always one of many (the kernel takes no flags for
+    // it): `Single` here means "no flags", not exclusive.
+    let id = fresh.attach(cgroup, CgroupAttachMode::Single).map_err(|source| Error::Program { what: what.clone(), source })?;
+    let link: FdLink = fresh
+        .take_link(id)
+        .map_err(|source| Error::Program { what: what.clone(), source })?
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| Error::Link { what: what.clone(), source: Box::new(e) })?;
+    for old in [&link_pin, &prog_pin] {
+        match std::fs::remove_file(old) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(format!("unpinning {}", old.display()))(e));
+            }
+            _ => {}
+        }
+    }
+    link.pin(&link_pin).map_err(|e| Error::Link { what: format!("pinning the link of {name}"), source: Box::new(e) })?;
+    fresh.pin(&prog_pin).map_err(|e| Error::Link { what: format!("pinning {name}"), source: Box::new(e) })
 }
 
 /// Attaches `prog` at TCX ingress of `ifname` and pins the link at `pin`;
