@@ -211,6 +211,12 @@ fn names_resolve_and_networks_isolate() {
     assert_eq!((code, out.as_str()), (0, "db"), "api shares `back` with db");
     let snap = node.ns.run(|| fizz::net::inspect::snapshot(&node.pins.0)).unwrap().unwrap();
     assert!(snap.drops.get("policy-denied").is_some_and(|c| c.packets > 0), "the denied packets are counted: {:?}", snap.drops);
+    // The five allowed requests by name were TCP to a VIP from a container:
+    // balanced at connect time (the agent registered each container's
+    // namespace), so none of them needed a conntrack entry.
+    let connects: u64 = snap.services.iter().map(|s| s.connects).sum();
+    assert!(connects >= 5, "connections balanced at connect time: {:?}", snap.services);
+    assert!(snap.conntrack.iter().all(|f| f.proto != "tcp"), "no TCP flow NAT'd per packet: {:?}", snap.conntrack);
 
     // A removed service is NXDOMAIN at once.
     rt.block_on(agent.client().call::<_, ()>(Method::POST, "/v1/down", Some(&DownRequest { project: project.clone(), volumes: false })))
