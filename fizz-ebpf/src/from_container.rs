@@ -89,8 +89,7 @@ fn deliver(ctx: &TcContext, ip: &Ipv4, dst_be: u32, translated: bool, check_poli
     if check_policy && ep.net_mask != 0 {
         if let Some(src) = ENDPOINTS.get_ptr(EndpointKey { addr_be: ip.hdr.src_be }) {
             // SAFETY: as above.
-            let src_mask = unsafe { (*src).net_mask };
-            if src_mask != 0 && src_mask & ep.net_mask == 0 {
+            if !nat::networks_meet(unsafe { (*src).net_mask }, ep.net_mask) {
                 return Err(drop_reason::POLICY);
             }
         }

@@ -111,7 +111,7 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: fn(u32) 
     if svc.net_mask != 0 {
         if let Some(client) = ENDPOINTS.get_ptr(EndpointKey { addr_be: flow.key.src_be }) {
             // SAFETY: the pointer comes from a successful map lookup and is only read.
-            if !allowed(&svc, unsafe { (*client).net_mask }) {
+            if !networks_meet(svc.net_mask, unsafe { (*client).net_mask }) {
                 return Err(drop_reason::POLICY);
             }
         }
@@ -179,11 +179,11 @@ pub fn service(vip_be: u32, port_be: u16, proto: u8) -> Option<SvcValue> {
     Some(unsafe { *svc })
 }
 
-/// Whether a client on networks `client_mask` may reach service `svc`
-/// (zero on either side: no restriction).
+/// Whether two parties on networks `a` and `b` (one bit each) may talk:
+/// they share one, or either is unrestricted (zero).
 #[inline(always)]
-pub fn allowed(svc: &SvcValue, client_mask: u64) -> bool {
-    svc.net_mask == 0 || client_mask == 0 || svc.net_mask & client_mask != 0
+pub fn networks_meet(a: u64, b: u64) -> bool {
+    a == 0 || b == 0 || a & b != 0
 }
 
 /// Rewrites only the destination (`dst == true`) or source address.

@@ -78,7 +78,7 @@ fn connect4(ctx: &SockAddrContext) {
     let Some(svc) = nat::service(dst_be, port_be, IPPROTO_TCP) else {
         return;
     };
-    if svc.count == 0 || !nat::allowed(&svc, client_mask) {
+    if svc.count == 0 || !nat::networks_meet(svc.net_mask, client_mask) {
         return;
     }
     let slot = nat::next_slot(svc.id, svc.count);

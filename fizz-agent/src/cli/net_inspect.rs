@@ -51,17 +51,14 @@ pub fn render(s: &Snapshot) -> String {
 
     let mut t = table(&["SERVICE", "CONNECTS", "PACKETS", "BYTES", "BACKEND", "CONNECTS", "FLOWS", "PACKETS"]);
     for svc in &s.services {
+        let head = [svc.frontend.to_string(), svc.connects.to_string(), svc.packets.to_string(), svc.bytes.to_string()];
         if svc.backends.is_empty() {
-            let mut row = vec![svc.frontend.to_string(), svc.connects.to_string(), svc.packets.to_string()];
-            row.extend([svc.bytes.to_string(), "(none: rejects)".into(), String::new(), String::new(), String::new()]);
+            let mut row = head.to_vec();
+            row.extend(["(none: rejects)".into(), String::new(), String::new(), String::new()]);
             t.add_row(row);
         }
         for (i, b) in svc.backends.iter().enumerate() {
-            let mut row = if i == 0 {
-                vec![svc.frontend.to_string(), svc.connects.to_string(), svc.packets.to_string(), svc.bytes.to_string()]
-            } else {
-                vec![String::new(); 4]
-            };
+            let mut row = if i == 0 { head.to_vec() } else { vec![String::new(); 4] };
             row.extend([b.backend.to_string(), b.connects.to_string(), b.flows.to_string(), b.packets.to_string()]);
             t.add_row(row);
         }

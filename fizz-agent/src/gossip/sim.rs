@@ -203,8 +203,13 @@ impl Sim {
     /// Runs until every node sees every other alive; returns how long that took.
     pub fn converge(&mut self, limit: Duration) -> Result<Duration, String> {
         let all: Vec<_> = (0..self.nodes.len()).collect();
+        self.converge_among(&all, limit)
+    }
+
+    /// Runs until each of `nodes` sees every other of them alive; returns how long that took.
+    pub fn converge_among(&mut self, nodes: &[usize], limit: Duration) -> Result<Duration, String> {
         let start = self.now;
-        while !self.all_alive(&all) {
+        while !self.all_alive(nodes) {
             if self.now - start >= limit {
                 return Err(format!("no convergence within {limit:?}"));
             }

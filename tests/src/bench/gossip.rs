@@ -65,17 +65,14 @@ pub fn run(opts: &Options) -> Result<()> {
         opts.runs
     );
     println!();
-    print!("{}", report::table(&[lines.iter().map(clone_line).collect()]));
+    let sections = [lines];
+    print!("{}", report::table(&sections));
     println!();
     println!("Target (issue 4): a killed node is down on the others within 7 s.");
     let json = out_dir.join("gossip.json");
-    report::write_json(&json, &lines)?;
+    report::write_json(&json, &sections[0])?;
     println!("\nwrote {}", json.canonicalize().unwrap_or(json).display());
     Ok(())
-}
-
-fn clone_line(l: &Line) -> Line {
-    Line { key: l.key.clone(), scenario: l.scenario.clone(), metric: l.metric.clone(), entry: l.entry.clone() }
 }
 
 /// One run on a fresh cluster of `n` members: a crash, a join, a leave.
@@ -95,14 +92,8 @@ fn measure(n: usize, seed: u64, results: &mut Results) -> Result<()> {
     // A newcomer joins through member 0; the crashed member stays down.
     let joined = sim.add(&format!("new{seed}"), SECRET);
     let members: Vec<usize> = (0..sim.nodes.len()).filter(|i| *i != victim).collect();
-    let start = sim.now;
-    while !sim.all_alive(&members) {
-        if sim.now - start >= CONVERGE_LIMIT {
-            return Err(anyhow!("join: no convergence within {CONVERGE_LIMIT:?}"));
-        }
-        sim.run_for(Duration::from_millis(10));
-    }
-    results.push(&format!("{n}/join"), "s", (sim.now - start).as_secs_f64());
+    let took = sim.converge_among(&members, CONVERGE_LIMIT).map_err(|e| anyhow!("join: {e}"))?;
+    results.push(&format!("{n}/join"), "s", took.as_secs_f64());
 
     // It leaves again, gracefully.
     sim.run_for(Duration::from_secs(2));
