@@ -240,6 +240,7 @@ fn start_agent(layout: &Layout, node: &DevNode, fizz: &Path) -> Result<(), DevEr
         .args(["agent", "--node", &node.name, "--range", &node.range])
         .args(["--advertise-addr", &node.lan_addr.to_string()])
         .args(["--veth-prefix", &format!("{}{}", layout.short, node.index)])
+        .args(["--name-suffix", &format!(".{}", node.name)])
         .args(["--dns-upstream", "127.0.0.1:53"])
         .arg("--pin-dir")
         .arg(layout.pin_dir.join(format!("node{}", node.index)))

@@ -14,3 +14,4 @@ pub mod dns;
 pub mod docker;
 pub mod gossip;
 pub mod net;
+pub mod state;

@@ -10,8 +10,8 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   build-ebpf          install what the eBPF build needs (rust-src, bpf-linker) when
                       missing, then build fizz-ebpf for bpfel-unknown-none
-  bench <name> [...]  run a benchmark (as root): vip, up, dns, gossip; arguments after the name go
-                      to the benchmark (--help lists them)";
+  bench <name> [...]  run a benchmark: vip, up, dns, failover (these four as root), gossip, placement;
+                      arguments after the name go to the benchmark (--help lists them)";
 
 fn main() -> ExitCode {
     match run() {
@@ -46,13 +46,13 @@ fn run() -> Result<()> {
 /// runs the one asked for.
 fn bench(args: &[String]) -> Result<()> {
     if args.is_empty() {
-        bail!("bench needs a name: vip, up, dns or gossip\n\n{USAGE}");
+        bail!("bench needs a name: vip, up, dns, failover, gossip or placement\n\n{USAGE}");
     }
     ebpf::install_prerequisites()?;
     let root = ebpf::workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    if args[0] == "up" {
-        // That benchmark runs the release `fizz` found next to fizz-bench.
+    if args[0] == "up" || args[0] == "failover" {
+        // Those benchmarks run the release `fizz` found next to fizz-bench.
         let status = Command::new(&cargo)
             .current_dir(&root)
             .args(["build", "--release", "--quiet", "-p", "fizz-agent", "--bin", "fizz"])

@@ -53,6 +53,25 @@ pub fn allocate(range: Cidr, used: &BTreeSet<Ipv4Addr>) -> Result<Ipv4Addr, Ipam
     range.hosts().find(|a| !used.contains(a)).ok_or(IpamError::Exhausted { net: range.net, len: range.len })
 }
 
+/// The first free host address of `range` at or after the one that `name` hashes to
+/// (wrapping): nodes that pick addresses for different names at the same time rarely collide,
+/// and a name keeps its address while it is free.
+pub fn allocate_for(range: Cidr, used: &BTreeSet<Ipv4Addr>, name: &str) -> Result<Ipv4Addr, IpamError> {
+    let hosts: Vec<Ipv4Addr> = range.hosts().collect();
+    if hosts.is_empty() {
+        return Err(IpamError::Exhausted { net: range.net, len: range.len });
+    }
+    // FNV-1a: stable across builds, so every node computes the same start.
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    let start = (h % hosts.len() as u64) as usize;
+    hosts[start..]
+        .iter()
+        .chain(&hosts[..start])
+        .find(|a| !used.contains(a))
+        .copied()
+        .ok_or(IpamError::Exhausted { net: range.net, len: range.len })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +84,18 @@ mod tests {
         used.insert(Ipv4Addr::new(10, 42, 0, 2));
         used.insert(Ipv4Addr::new(10, 42, 0, 4));
         assert_eq!(allocate(r, &used), Ok(Ipv4Addr::new(10, 42, 0, 3)));
+    }
+
+    #[test]
+    fn by_name_is_stable_and_skips_used() {
+        let r = Cidr::new(Ipv4Addr::new(10, 43, 0, 0), 16).unwrap();
+        let a = allocate_for(r, &BTreeSet::new(), "app/web").unwrap();
+        assert_eq!(allocate_for(r, &BTreeSet::new(), "app/web").unwrap(), a);
+        assert_ne!(allocate_for(r, &BTreeSet::new(), "app/db").unwrap(), a);
+        let next = allocate_for(r, &[a].into(), "app/web").unwrap();
+        assert_ne!(next, a);
+        let tiny = Cidr::new(Ipv4Addr::new(10, 43, 0, 0), 30).unwrap();
+        assert!(allocate_for(tiny, &[Ipv4Addr::new(10, 43, 0, 2)].into(), "x").is_err());
     }
 
     #[test]

@@ -6,9 +6,9 @@
 
 pub mod cluster;
 pub mod ipam;
+pub mod placement;
 pub mod plan;
 pub mod reconcile;
-pub mod store;
 pub mod translate;
 mod run;
 
@@ -50,6 +50,8 @@ pub struct Config {
     pub advertise: Option<Ipv4Addr>,
     /// The UDP port of this node's WireGuard device.
     pub wg_port: u16,
+    /// Appended to Docker container names (nodes sharing one engine).
+    pub name_suffix: String,
 }
 
 /// What an API call can fail with; the message goes to the user.
@@ -93,10 +95,14 @@ pub enum Command {
     /// Undo a join that found no one (stop gossip, forget the secret).
     ClusterAbort { reply: Reply<()> },
     Nodes { reply: Reply<api::NodesResponse> },
+    /// Set and remove a node's labels.
+    Label { req: api::LabelRequest, reply: Reply<BTreeMap<String, String>> },
 }
 
 /// Allocates VIPs for the services of `new` that have none: a service keeps
-/// the VIP it had in `old`; others take the lowest free one in `range`.
+/// the VIP it had in `old`; others take the first free one from where their
+/// name hashes to, so that two nodes deploying different projects at once
+/// rarely pick the same.
 pub fn assign_vips(
     range: Cidr,
     new: &mut ProjectPlan,
@@ -114,9 +120,9 @@ pub fn assign_vips(
             used.insert(vip);
         }
     }
-    for svc in new.services.values_mut() {
+    for (name, svc) in new.services.iter_mut() {
         if svc.vip.is_none() {
-            let vip = ipam::allocate(range, &used)?;
+            let vip = ipam::allocate_for(range, &used, &format!("{}/{name}", new.name))?;
             used.insert(vip);
             svc.vip = Some(vip);
         }
@@ -139,15 +145,18 @@ mod tests {
         let mut all = BTreeMap::new();
         let mut a = mk("a", &["web", "db"]);
         assign_vips(range, &mut a, None, &all).unwrap();
-        assert_eq!(a.services["db"].vip, Some(Ipv4Addr::new(10, 43, 0, 2)));
-        assert_eq!(a.services["web"].vip, Some(Ipv4Addr::new(10, 43, 0, 3)));
+        let (web, db) = (a.services["web"].vip.unwrap(), a.services["db"].vip.unwrap());
+        assert_ne!(web, db);
         all.insert("a".into(), a.clone());
         let mut b = mk("b", &["web"]);
         assign_vips(range, &mut b, None, &all).unwrap();
-        assert_eq!(b.services["web"].vip, Some(Ipv4Addr::new(10, 43, 0, 4)));
+        assert!(![web, db].contains(&b.services["web"].vip.unwrap()));
         let mut a2 = mk("a", &["api", "web"]);
         assign_vips(range, &mut a2, Some(&a), &all).unwrap();
-        assert_eq!(a2.services["web"].vip, Some(Ipv4Addr::new(10, 43, 0, 3)), "kept");
-        assert_eq!(a2.services["api"].vip, Some(Ipv4Addr::new(10, 43, 0, 2)), "db's old VIP is free again");
+        assert_eq!(a2.services["web"].vip, Some(web), "kept");
+        // The same project deployed from another node with nothing known gets the same VIPs.
+        let mut again = mk("a", &["web", "db"]);
+        assign_vips(range, &mut again, None, &BTreeMap::new()).unwrap();
+        assert_eq!(again, a);
     }
 }

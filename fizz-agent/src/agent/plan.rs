@@ -39,6 +39,28 @@ pub struct ServicePlan {
     pub vip: Option<Ipv4Addr>,
     /// Whether Docker runs a healthcheck: only healthy replicas are backends.
     pub has_healthcheck: bool,
+    /// Where its replicas may run (`deploy.mode`, `deploy.placement`, reservations).
+    #[serde(default)]
+    pub placement: PlacementSpec,
+}
+
+/// What placement needs of a service, from its `deploy` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementSpec {
+    /// `deploy.mode: global`: one replica on every eligible node.
+    #[serde(default)]
+    pub global: bool,
+    /// `deploy.placement.constraints`, as written (checked when the plan is made).
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    #[serde(default)]
+    pub max_per_node: Option<u32>,
+    /// `deploy.resources.reservations.cpus`, in thousandths of a CPU.
+    #[serde(default)]
+    pub millicpus: u64,
+    /// `deploy.resources.reservations.memory`, in bytes.
+    #[serde(default)]
+    pub memory: u64,
 }
 
 /// A port a service exposes on its VIP, and the container port behind it.

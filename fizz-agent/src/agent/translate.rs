@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use super::plan::{Condition, Dependency, ProjectPlan, ServicePlan, ServicePort};
+use super::{
+    placement::Constraint,
+    plan::{Condition, Dependency, PlacementSpec, ProjectPlan, ServicePlan, ServicePort},
+};
 use crate::{
     compose::model::{self as cm, MountType, Protocol},
     docker::{ContainerSpec, Healthcheck, Mount, MountKind, RestartPolicy, Ulimit},
@@ -20,6 +23,9 @@ pub enum TranslateError {
     /// A restart policy Docker does not know.
     #[error("services.{service}.restart: unknown policy `{value}` (no, always, on-failure, unless-stopped)")]
     Restart { service: String, value: String },
+    /// A placement constraint Fizz cannot read.
+    #[error("services.{service}.deploy.placement.constraints[{index}]: {message}")]
+    Constraint { service: String, index: usize, message: String },
 }
 
 fn restart_policy(service: &str, s: &cm::Service) -> Result<RestartPolicy, TranslateError> {
@@ -121,9 +127,7 @@ pub fn project_plan(p: &cm::Project) -> Result<(ProjectPlan, Vec<String>), Trans
             ("shm_size", s.shm_size.is_some()),
             ("logging", s.logging.is_some()),
             ("group_add", !s.group_add.is_empty()),
-            ("deploy.placement", !s.deploy.placement.constraints.is_empty() || s.deploy.placement.max_replicas_per_node.is_some()),
             ("deploy.update_config", s.deploy.update_config.is_some()),
-            ("deploy.resources.reservations", s.deploy.resources.reservations.cpus.is_some() || s.deploy.resources.reservations.memory.is_some()),
         ] {
             if set {
                 warn(name, key, "not supported by Fizz yet, ignored");
@@ -194,6 +198,17 @@ pub fn project_plan(p: &cm::Project) -> Result<(ProjectPlan, Vec<String>), Trans
             cm::DeployMode::Replicated => s.deploy.replicas.unwrap_or(1),
         };
         let has_healthcheck = template.healthcheck.as_ref().is_some_and(|h| h.test.first().map(String::as_str) != Some("NONE"));
+        for (index, c) in s.deploy.placement.constraints.iter().enumerate() {
+            Constraint::parse(c).map_err(|e| TranslateError::Constraint { service: name.clone(), index, message: e.to_string() })?;
+        }
+        let reservations = &s.deploy.resources.reservations;
+        let placement = PlacementSpec {
+            global: s.deploy.mode == cm::DeployMode::Global,
+            constraints: s.deploy.placement.constraints.clone(),
+            max_per_node: s.deploy.placement.max_replicas_per_node,
+            millicpus: reservations.cpus.map_or(0, |c| (c * 1000.0).round().max(0.0) as u64),
+            memory: reservations.memory.unwrap_or(0),
+        };
         services.insert(
             name.clone(),
             ServicePlan {
@@ -215,6 +230,7 @@ pub fn project_plan(p: &cm::Project) -> Result<(ProjectPlan, Vec<String>), Trans
                 networks: s.networks.iter().map(|(n, sn)| (n.clone(), sn.aliases.clone())).collect(),
                 vip: None,
                 has_healthcheck,
+                placement,
             },
         );
     }

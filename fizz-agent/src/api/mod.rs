@@ -82,7 +82,8 @@ pub struct PsResponse {
 pub struct ExecRequest {
     pub project: String,
     pub service: String,
-    pub replica: u32,
+    /// Which replica; none: any that runs on this node.
+    pub replica: Option<u32>,
     pub cmd: Vec<String>,
 }
 
@@ -127,6 +128,17 @@ pub struct NodeView {
     pub wg_handshake_secs: Option<u64>,
     /// Whether this is the node that answered.
     pub local: bool,
+    /// Its labels (`fizz node label`), for placement constraints.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /v1/nodes/labels`: set and remove a node's labels.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LabelRequest {
+    pub node: String,
+    pub set: std::collections::BTreeMap<String, String>,
+    pub remove: Vec<String>,
 }
 
 /// `GET /v1/nodes` answer.

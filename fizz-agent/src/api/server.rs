@@ -16,7 +16,7 @@ use axum::{
 use futures_util::StreamExt as _;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{DownRequest, ErrorBody, ExecRequest, ExecResponse, PsResponse, ScaleRequest, UpRequest, UpResponse};
+use super::{DownRequest, ErrorBody, ExecRequest, ExecResponse, LabelRequest, PsResponse, ScaleRequest, UpRequest, UpResponse};
 use crate::{
     agent::{ApiError, Command, Target},
     docker::Docker,
@@ -72,10 +72,20 @@ async fn ps(State(ctx): State<Ctx>, Query(q): Query<BTreeMap<String, String>>) -
     ask(&ctx, |reply| Command::Ps { project: q.get("project").cloned(), reply }).await.map(Json)
 }
 
+async fn label(State(ctx): State<Ctx>, Json(req): Json<LabelRequest>) -> Result<Json<BTreeMap<String, String>>, ApiError> {
+    ask(&ctx, |reply| Command::Label { req, reply }).await.map(Json)
+}
+
 async fn exec(State(ctx): State<Ctx>, Json(req): Json<ExecRequest>) -> Result<Json<ExecResponse>, ApiError> {
-    let target = Target { project: req.project.clone(), service: Some(req.service.clone()), replica: Some(req.replica) };
+    let target = Target { project: req.project.clone(), service: Some(req.service.clone()), replica: req.replica };
     let found = ask(&ctx, |reply| Command::Find { target, reply }).await?;
-    let c = found.first().ok_or_else(|| ApiError::NotFound(format!("{}-{}-{} is not running on this node", req.project, req.service, req.replica)))?;
+    let c = found.iter().find(|c| c.state == crate::docker::RunState::Running).ok_or_else(|| {
+        let what = match req.replica {
+            Some(r) => format!("{}-{}-{} is not running on this node", req.project, req.service, r),
+            None => format!("no replica of {}/{} runs on this node", req.project, req.service),
+        };
+        ApiError::NotFound(format!("{what} (`fizz ps` shows where replicas run)"))
+    })?;
     let (exit_code, output) = ctx.docker.exec(&c.id, &req.cmd).await.map_err(|e| ApiError::Failed(e.to_string()))?;
     Ok(Json(ExecResponse { exit_code, output }))
 }
@@ -143,6 +153,7 @@ pub fn router(tx: mpsc::Sender<Command>, docker: Docker) -> Router {
         .route("/v1/cluster/init", post(cluster_init))
         .route("/v1/cluster/join", post(cluster_join))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/labels", post(label))
         .with_state(Ctx { tx, docker })
 }
 

@@ -43,6 +43,10 @@ pub struct Args {
     /// The address other nodes reach this one at (default: the first global IPv4).
     #[arg(long)]
     advertise_addr: Option<std::net::Ipv4Addr>,
+    /// Appended to the Docker names of this node's containers, for nodes that share one
+    /// Docker engine (a local cluster); Fizz's own names are unchanged.
+    #[arg(long, default_value = "")]
+    name_suffix: String,
 }
 
 /// Parses `a.b.c.d/n`.
@@ -87,6 +91,7 @@ pub fn run(args: Args, socket: PathBuf) -> Result<()> {
         gossip_port: args.gossip_port,
         advertise: args.advertise_addr,
         wg_port: args.wg_port,
+        name_suffix: args.name_suffix,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(crate::agent::run(cfg))?;

@@ -9,9 +9,9 @@ use crate::api::{client::Client, ExecRequest, ExecResponse};
 pub struct Args {
     #[arg(short, long)]
     project: String,
-    /// Which replica of the service.
-    #[arg(long, default_value_t = 1)]
-    index: u32,
+    /// Which replica of the service (default: one that runs on this node).
+    #[arg(long)]
+    index: Option<u32>,
     service: String,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true)]

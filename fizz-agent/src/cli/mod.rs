@@ -11,6 +11,7 @@ mod exec;
 mod init;
 mod join;
 mod logs;
+mod node;
 mod nodes;
 pub mod net_inspect;
 pub mod ps;
@@ -44,6 +45,11 @@ enum Command {
     Join(join::Args),
     /// List the cluster's nodes.
     Nodes(nodes::Args),
+    /// Change a node of the cluster.
+    Node {
+        #[command(subcommand)]
+        command: node::Args,
+    },
     /// Deploy a Compose project (or update it) and show progress.
     Up(up::Args),
     /// Print the normalized Compose project.
@@ -113,6 +119,7 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Init => rt()?.block_on(init::run(&client)).map(|()| 0),
         Command::Join(args) => rt()?.block_on(join::run(args, &client)).map(|()| 0),
         Command::Nodes(args) => rt()?.block_on(nodes::run(args, &client)).map(|()| 0),
+        Command::Node { command } => rt()?.block_on(node::run(command, &client)).map(|()| 0),
         Command::Up(args) => rt()?.block_on(up::run(args, &client)).map(|()| 0),
         Command::Config(args) => config::run(args).map(|()| 0),
         Command::Ps(args) => rt()?.block_on(ps::run(args, &client)).map(|()| 0),

@@ -24,7 +24,7 @@ pub async fn run(args: Args, client: &Client) -> Result<()> {
         return Ok(());
     }
     let mut t = Table::new();
-    t.load_preset(NOTHING).set_header(vec!["NODE", "ADDRESS", "STATE", "RANGE", "WIREGUARD KEY", "HANDSHAKE", "GENERATION"]);
+    t.load_preset(NOTHING).set_header(vec!["NODE", "ADDRESS", "STATE", "RANGE", "WIREGUARD KEY", "HANDSHAKE", "GENERATION", "LABELS"]);
     for n in &r.nodes {
         let name = if n.local { format!("{} (this node)", n.name) } else { n.name.clone() };
         let handshake = match (n.local, n.wg_handshake_secs) {
@@ -33,7 +33,17 @@ pub async fn run(args: Args, client: &Client) -> Result<()> {
             (false, None) => "never".to_string(),
         };
         let key: String = n.wg_pubkey.chars().take(12).collect();
-        t.add_row(vec![name, n.addr.to_string(), n.state.clone(), n.range.clone(), format!("{key}…"), handshake, n.generation.to_string()]);
+        let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        t.add_row(vec![
+            name,
+            n.addr.to_string(),
+            n.state.clone(),
+            n.range.clone(),
+            format!("{key}…"),
+            handshake,
+            n.generation.to_string(),
+            labels.join(","),
+        ]);
     }
     println!("{t}");
     Ok(())

@@ -77,6 +77,7 @@ pub const MAX_SESSIONS: usize = 1024;
 
 const KDF_SALT: &[u8] = b"fizz cluster secret v1";
 const KDF_INFO: &[u8] = b"fizz gossip packet key v1";
+const KDF_INFO_STREAM: &[u8] = b"fizz state stream key v1";
 
 /// The packet key, derived from the cluster secret.
 #[derive(Clone)]
@@ -97,6 +98,18 @@ impl Key {
         let mut okm = [0u8; 32];
         Hkdf::<Sha256>::new(Some(KDF_SALT), cluster_secret)
             .expand(KDF_INFO, &mut okm)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        Key {
+            cipher: XChaCha20Poly1305::new(&okm.into()),
+        }
+    }
+
+    /// Derives the key of the state-sync streams (another purpose label, so a gossip packet
+    /// can never be taken for a stream frame or the other way round).
+    pub fn derive_stream(cluster_secret: &[u8]) -> Key {
+        let mut okm = [0u8; 32];
+        Hkdf::<Sha256>::new(Some(KDF_SALT), cluster_secret)
+            .expand(KDF_INFO_STREAM, &mut okm)
             .expect("32 bytes is a valid HKDF-SHA256 output length");
         Key {
             cipher: XChaCha20Poly1305::new(&okm.into()),
@@ -210,6 +223,17 @@ pub fn seal(
             max: MAX_PLAINTEXT,
         });
     }
+    seal_any(key, sealer, now_ms, plaintext)
+}
+
+/// Seals `plaintext` of any length, in the same format: for frames of a stream, which has its
+/// own length prefix and its own limit.
+pub fn seal_any(
+    key: &Key,
+    sealer: &mut Sealer,
+    now_ms: u64,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, SealError> {
     let counter = sealer.counter;
     // A nonce must never repeat: a session that used every counter refuses to seal more.
     sealer.counter = counter.checked_add(1).ok_or(SealError::SessionExhausted)?;
@@ -256,6 +280,21 @@ pub fn open(
     if packet.len() > MAX_PACKET {
         return Err(DropReason::Oversized);
     }
+    let opened = open_any(key, now_ms, replay.max_skew_ms, packet, |s, c| replay.check(s, c))?;
+    replay.record(opened.session, opened.counter, opened.time_ms, now_ms);
+    Ok(opened)
+}
+
+/// Checks, authenticates and decrypts a sealed message of any length received at `now_ms`.
+/// `fresh` decides, before the decryption, whether the session and counter are acceptable
+/// (a stream accepts exactly the next counter of its peer's session).
+pub fn open_any(
+    key: &Key,
+    now_ms: u64,
+    max_skew_ms: u64,
+    packet: &[u8],
+    fresh: impl FnOnce(&[u8; 16], u64) -> Result<(), DropReason>,
+) -> Result<Opened, DropReason> {
     if packet.len() < MIN_PACKET {
         return Err(DropReason::Truncated);
     }
@@ -268,11 +307,11 @@ pub fn open(
     let counter = u64::from_be_bytes(header[17..25].try_into().expect("8-byte slice"));
     let time_ms = u64::from_be_bytes(header[25..33].try_into().expect("8-byte slice"));
 
-    if time_ms.abs_diff(now_ms) > replay.max_skew_ms {
+    if time_ms.abs_diff(now_ms) > max_skew_ms {
         return Err(DropReason::Stale);
     }
     // A cheap look before the decryption; the packet is recorded only once it is authentic.
-    replay.check(&session, counter)?;
+    fresh(&session, counter)?;
 
     let mut plaintext = ciphertext.to_vec();
     let tag = Tag::try_from(tag).expect("TAG_LEN-byte slice");
@@ -285,7 +324,6 @@ pub fn open(
         )
         .map_err(|_| DropReason::Unauthentic)?;
 
-    replay.record(session, counter, time_ms, now_ms);
     Ok(Opened {
         session,
         counter,

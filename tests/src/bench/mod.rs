@@ -2,10 +2,12 @@
 //! `fizz_tests`: simulated nodes and containers as network namespaces.
 
 pub mod dns;
+pub mod failover;
 pub mod gossip;
 pub mod host;
 pub mod interrupt;
 pub mod load;
+pub mod placement;
 pub mod plot;
 pub mod proxy;
 pub mod report;

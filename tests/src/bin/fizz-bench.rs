@@ -32,6 +32,12 @@ enum Bench {
     /// Membership on simulated clusters of 3 and 20 members: failure
     /// detection, convergence after a join and after a leave.
     Gossip(bench::gossip::Options),
+    /// The scheduler on 1,000 services over 100 nodes: time per full
+    /// placement, and the replicas moved when a node leaves (no root needed).
+    Placement(bench::placement::Options),
+    /// A local 3-node cluster: `fizz up` reaching every node, a node's agent
+    /// killed → its replicas running on the others, and its return.
+    Failover(bench::failover::Options),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +47,8 @@ fn main() -> ExitCode {
         Bench::Up(opts) => bench::up::run(&opts),
         Bench::Dns(opts) => bench::dns::run(&opts),
         Bench::Gossip(opts) => bench::gossip::run(&opts),
+        Bench::Placement(opts) => bench::placement::run(&opts),
+        Bench::Failover(opts) => bench::failover::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

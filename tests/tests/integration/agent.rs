@@ -161,7 +161,7 @@ fn exec(rt: &tokio::runtime::Runtime, agent: &AgentProc, project: &str, service:
     let req = fizz::api::ExecRequest {
         project: project.into(),
         service: service.into(),
-        replica: 1,
+        replica: Some(1),
         cmd: vec!["sh".into(), "-c".into(), cmd.into()],
     };
     let r: fizz::api::ExecResponse = rt.block_on(agent.client().call(Method::POST, "/v1/exec", Some(&req))).unwrap();
@@ -279,7 +279,7 @@ fn only_healthy_replicas_get_traffic_and_scaling_and_updates_touch_only_what_cha
     assert!(seen.keys().all(|k| k.ends_with("web-1")), "{seen:?}");
 
     // Replica 2 turns healthy: it joins the VIP.
-    let req = fizz::api::ExecRequest { project: project.clone(), service: "web".into(), replica: 2, cmd: vec!["touch".into(), "/tmp/healthy".into()] };
+    let req = fizz::api::ExecRequest { project: project.clone(), service: "web".into(), replica: Some(2), cmd: vec!["touch".into(), "/tmp/healthy".into()] };
     let r: fizz::api::ExecResponse = rt.block_on(agent.client().call(Method::POST, "/v1/exec", Some(&req))).unwrap();
     assert_eq!(r.exit_code, 0, "touch in web-2: {}", r.output);
     wait_for("web-2 in the VIP", Duration::from_secs(30), || spread(&rt, &agent, &project, "client", "http://web/", 6).len() == 2).unwrap();

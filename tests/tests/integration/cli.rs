@@ -90,6 +90,10 @@ fn invalid_compose_files_name_the_problem_and_create_nothing() {
         ("services:\n  web:\n    image: x\n    healthcheck:\n      interval: soon\n", "interval"),
         ("services:\n  web:\n    image: ${MISSING?set MISSING first}\n", "set MISSING first"),
         ("services:\n  web:\n    build: .\n", "image"),
+        (
+            "services:\n  web:\n    image: x\n    deploy:\n      placement:\n        constraints: [\"node.labels.zone = a\"]\n",
+            "services.web.deploy.placement.constraints[0]: constraint \"node.labels.zone = a\": expected == or !=",
+        ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
         let file = dir.join("compose.yaml");

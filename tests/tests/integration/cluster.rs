@@ -1,7 +1,8 @@
 //! A cluster on one machine, as `fizz dev up` makes it: nodes are network
 //! namespaces on a bridge, each with its agent. They form a cluster with a
-//! token, see a killed node go down, see it come back, and a node with a
-//! wrong token never becomes a member.
+//! token, spread a project deployed on one of them, serve it through VIPs on
+//! every node, replace a killed node's replica, see it come back, and a node
+//! with a wrong token never becomes a member.
 
 use std::{
     net::Ipv4Addr,
@@ -68,15 +69,15 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
         assert_eq!(state_of(&nodes(&rt, n), &outsider[0].name), None, "the outsider is never a member");
     }
 
-    // Containers on two nodes reach each other through the WireGuard mesh
-    // the agents built from what gossip told them.
+    // A project deployed from node 1 spreads over the three nodes, and every node sees all of
+    // it: the state and the nodes' reports travel between them.
     let dir = cluster.0.run_dir.parent().unwrap().join("compose");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("compose.yaml");
     std::fs::write(
         &file,
         format!(
-            "services:\n  web:\n    image: {}\n    command: [\"sh\", \"-c\", \"hostname > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n    stop_grace_period: 1s\n",
+            "services:\n  web:\n    image: {}\n    command: [\"sh\", \"-c\", \"hostname > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: 3\n",
             fizz_tests::BUSYBOX_IMAGE
         ),
     )
@@ -85,31 +86,82 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
         let out = std::process::Command::new(&fizz).arg("--socket").arg(&n.socket).args(args).output().unwrap();
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
     };
-    let (ok, out) = cli(&members[0], &["up", "-f", file.to_str().unwrap(), "-p", &format!("{tag}a").to_lowercase()]);
+    let project = format!("{tag}a").to_lowercase();
+    let (ok, out) = cli(&members[0], &["up", "-f", file.to_str().unwrap(), "-p", &project, "--timeout", "60"]);
     assert!(ok, "{out}");
-    let (ok, out) = cli(&members[1], &["up", "-f", file.to_str().unwrap(), "-p", &format!("{tag}b").to_lowercase()]);
+    let running = |n: &dev::DevNode| -> Vec<fizz::api::Replica> {
+        let (_, out) = cli(n, &["ps", "-p", &project, "--json"]);
+        let ps: fizz::api::PsResponse = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        ps.replicas.into_iter().filter(|r| r.state == Some(fizz::docker::RunState::Running)).collect()
+    };
+    let spread = |rs: &[fizz::api::Replica]| rs.iter().map(|r| r.node.clone()).collect::<std::collections::BTreeSet<_>>();
+    wait_for("one replica on each node, seen from node 2", Duration::from_secs(30), || {
+        let rs = running(&members[1]);
+        rs.len() == 3 && spread(&rs).len() == 3
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:#?}", running(&members[1])));
+
+    // Labels set from one node steer placement everywhere.
+    let (ok, out) = cli(&members[0], &["node", "label", "no-such-node", "zone=b"]);
+    assert!(!ok && out.contains("no node named no-such-node"), "{out}");
+    let (ok, out) = cli(&members[2], &["node", "label", &members[1].name, "zone=b"]);
+    assert!(ok && out.contains("zone=b"), "{out}");
+    let pinned = dir.join("pinned.yaml");
+    std::fs::write(
+        &pinned,
+        format!(
+            "services:\n  pinned:\n    image: {}\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: 2\n      placement:\n        constraints: [\"node.labels.zone == b\"]\n",
+            fizz_tests::BUSYBOX_IMAGE
+        ),
+    )
+    .unwrap();
+    let pinned_project = format!("{tag}p").to_lowercase();
+    let (ok, out) = cli(&members[0], &["up", "-f", pinned.to_str().unwrap(), "-p", &pinned_project]);
     assert!(ok, "{out}");
-    let (_, ps) = cli(&members[1], &["ps", "--json"]);
-    let ps: fizz::api::PsResponse = serde_json::from_str(&ps).unwrap();
-    let remote = ps.replicas[0].addr.expect("the replica on node 2 has an address");
+    let pinned_running = || {
+        let (_, out) = cli(&members[0], &["ps", "-p", &pinned_project, "--json"]);
+        let ps: fizz::api::PsResponse = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        ps.replicas
+    };
+    wait_for("both pinned replicas on node 2", Duration::from_secs(30), || {
+        let rs = pinned_running();
+        rs.len() == 2 && rs.iter().all(|r| r.node == members[1].name && r.state == Some(fizz::docker::RunState::Running))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:#?}", pinned_running()));
+    let (ok, out) = cli(&members[0], &["down", "-p", &pinned_project]);
+    assert!(ok, "{out}");
+
+    // Containers on two nodes reach each other through the WireGuard mesh the agents built
+    // from what gossip told them: by address, and through the VIP by name, whose backends
+    // are the replicas of every node.
+    let rs = running(&members[0]);
+    let remote = rs.iter().find(|r| r.node == members[1].name).and_then(|r| r.addr).expect("node 2's replica has an address");
     assert!(remote.octets()[2] == 1, "node 2's range is 10.42.1.0/24: {remote}");
+    let fetch = |url: &str| cli(&members[0], &["exec", "-p", &project, "web", "--", "timeout", "3", "wget", "-qO-", url]);
     let mut last = String::new();
     wait_for("node 1's container to reach node 2's", Duration::from_secs(20), || {
-        let (ok, out) = cli(&members[0], &["exec", "-p", &format!("{tag}a").to_lowercase(), "web", "--", "timeout", "3", "wget", "-qO-", &format!("http://{remote}:8080/")]);
+        let (ok, out) = fetch(&format!("http://{remote}:8080/"));
         last = out;
-        ok && last.trim().ends_with("-web-1")
+        ok && last.contains("-web-")
     })
     .unwrap_or_else(|e| panic!("{e}: {last}"));
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let (ok, out) = fetch("http://web:8080/");
+        if ok {
+            seen.insert(out.trim().to_string());
+        }
+        if seen.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 3, "the VIP reaches the replicas of all three nodes: {seen:?}");
     let (_, out) = cli(&members[0], &["nodes", "--json"]);
     let r: NodesResponse = serde_json::from_str(&out).unwrap();
     let peer = r.nodes.iter().find(|n| n.name == members[1].name).unwrap();
     assert!(peer.wg_handshake_secs.is_some(), "a WireGuard handshake with node 2 happened: {peer:?}");
-    for (m, p) in [(&members[0], "a"), (&members[1], "b")] {
-        let (ok, out) = cli(m, &["down", "-p", &format!("{tag}{p}").to_lowercase()]);
-        assert!(ok, "{out}");
-    }
 
-    // Kill node 3's agent: the others see it down.
+    // Kill node 3's agent: the others see it down, and start its replica themselves.
     let pid: i32 = std::fs::read_to_string(cluster.0.run_dir.join("node3.pid")).unwrap().trim().parse().unwrap();
     // SAFETY: signalling the agent process this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -120,11 +172,30 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
     .unwrap();
     // How fast is measured by the benchmarks, not asserted here.
     eprintln!("a killed node was down on the others after {:?}", killed.elapsed());
+    let survivors = [members[0].name.clone(), members[1].name.clone()];
+    wait_for("3 replicas running on nodes 1 and 2", Duration::from_secs(40), || {
+        let rs = running(&members[0]);
+        rs.len() == 3 && rs.iter().all(|r| survivors.contains(&r.node))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:#?}", running(&members[0])));
+    eprintln!("the killed node's replica ran elsewhere after {:?}", killed.elapsed());
 
-    // Its agent restarted, it comes back by itself (saved peers), as a new generation.
+    // Its agent restarted, it comes back by itself (saved peers), as a new generation, and
+    // the declared count holds: exactly 3, each replica number once.
     dev::up(&cluster.0, 3, &fizz).unwrap();
     wait_for("node 3 alive again", Duration::from_secs(15), || {
         members[..2].iter().all(|n| state_of(&nodes(&rt, n), &members[2].name).as_deref() == Some("alive"))
     })
     .unwrap();
+    wait_for("exactly 3 replicas, once each", Duration::from_secs(40), || {
+        let all: Vec<_> = {
+            let (_, out) = cli(&members[2], &["ps", "-p", &project, "--json"]);
+            serde_json::from_str::<fizz::api::PsResponse>(&out).map(|p| p.replicas).unwrap_or_default()
+        };
+        let numbers: std::collections::BTreeSet<u32> = all.iter().map(|r| r.replica).collect();
+        all.len() == 3 && numbers.len() == 3 && all.iter().all(|r| r.state == Some(fizz::docker::RunState::Running))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:#?}", running(&members[2])));
+    let (ok, out) = cli(&members[1], &["down", "-p", &project]);
+    assert!(ok, "{out}");
 }

@@ -10,9 +10,11 @@ use std::{
 
 use super::{
     ipam::{self, Cidr},
+    placement::Slot,
     plan::{container_name, Condition, ProjectPlan, ServicePlan, ServicePort},
 };
 use crate::{
+    state::ReplicaReport,
     dns,
     docker::{labels, ContainerInfo, ContainerSpec, Health, RunState},
     net::service::{BackendAddr, Frontend, Proto, ServiceSpec},
@@ -46,6 +48,10 @@ pub enum RemoveReason {
     Changed,
     /// Another container holds the same replica.
     Duplicate,
+    /// The replica is placed on another node, which runs it now.
+    Moved,
+    /// The replica is placed nowhere (a global service's node no longer eligible).
+    NotPlaced,
     /// Its labels are not Fizz's (damaged): it cannot be managed.
     Unlabelled,
 }
@@ -75,9 +81,45 @@ pub struct NodeContext<'a> {
     pub range: Cidr,
     /// The DNS server containers use.
     pub dns: Ipv4Addr,
+    /// Appended to container names (`.<node>` when nodes share one Docker engine, as in a
+    /// local cluster); empty on a real host.
+    pub name_suffix: &'a str,
 }
 
-fn satisfied(cond: Condition, reps: &[&ContainerInfo], want: u32) -> bool {
+/// Where replicas run across the cluster, as this node sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Share<'a> {
+    /// The node of every placed replica (all nodes').
+    pub placed: &'a BTreeMap<Slot, String>,
+    /// What the other live nodes run, as they report it.
+    pub remote: &'a [(String, ReplicaReport)],
+    /// Placement is unknown (no majority seen yet): keep every replica that runs, for any
+    /// placement reason, and start none.
+    pub hold: bool,
+}
+
+impl Share<'_> {
+    fn node_of(&self, id: &Identity) -> Option<&str> {
+        let slot = Slot { project: id.project.clone(), service: id.service.clone(), replica: id.replica };
+        self.placed.get(&slot).map(String::as_str)
+    }
+
+    /// Whether `node` reports `id` ready with the service's current definition.
+    fn ready_on(&self, node: &str, id: &Identity, hash: &str) -> bool {
+        self.remote.iter().any(|(n, r)| {
+            n == node && r.project == id.project && r.service == id.service && r.replica == id.replica && r.ready && r.config_hash == hash
+        })
+    }
+}
+
+/// A replica's state for a dependency check, local or reported.
+struct DepState {
+    state: RunState,
+    health: Option<Health>,
+    exit_code: Option<i64>,
+}
+
+fn satisfied(cond: Condition, reps: &[DepState], want: u32) -> bool {
     if (reps.len() as u32) < want {
         return false;
     }
@@ -102,6 +144,7 @@ pub fn replica_spec(
     if spec.hostname.is_none() {
         spec.hostname = Some(spec.name.clone());
     }
+    spec.name.push_str(ctx.name_suffix);
     spec.labels.insert(labels::NODE.into(), ctx.node.to_string());
     spec.labels.insert(labels::PROJECT.into(), project.to_string());
     spec.labels.insert(labels::SERVICE.into(), service.to_string());
@@ -140,8 +183,15 @@ fn dependency_order(p: &ProjectPlan) -> Vec<&String> {
     out
 }
 
-/// Compares what should run with what exists.
-pub fn plan(ctx: &NodeContext<'_>, projects: &BTreeMap<String, ProjectPlan>, containers: &[ContainerInfo]) -> Plan {
+/// Compares what should run on this node with what exists: creates the replicas placed here,
+/// removes what is not desired, and a replica placed elsewhere once its new node reports it
+/// ready (so a move never leaves a gap).
+pub fn plan(
+    ctx: &NodeContext<'_>,
+    projects: &BTreeMap<String, ProjectPlan>,
+    containers: &[ContainerInfo],
+    share: Share<'_>,
+) -> Plan {
     let mut out = Plan::default();
     let mut kept: BTreeMap<Identity, &ContainerInfo> = BTreeMap::new();
     let mut used: BTreeSet<Ipv4Addr> = BTreeSet::new();
@@ -151,11 +201,16 @@ pub fn plan(ctx: &NodeContext<'_>, projects: &BTreeMap<String, ProjectPlan>, con
             out.actions.push(Action::Remove { id: c.id.clone(), name: c.name.clone(), reason: RemoveReason::Unlabelled });
             continue;
         };
+        let placed = share.node_of(&id);
         let reason = match projects.get(&id.project).and_then(|p| p.services.get(&id.service)) {
             None => Some(RemoveReason::NotDesired),
-            Some(svc) if id.replica == 0 || id.replica > svc.replicas => Some(RemoveReason::ScaledDown),
+            Some(svc) if !svc.placement.global && (id.replica == 0 || id.replica > svc.replicas) => Some(RemoveReason::ScaledDown),
+            Some(svc) if svc.placement.global && placed.is_none() && !share.hold => Some(RemoveReason::NotPlaced),
             Some(svc) if c.labels.get(labels::CONFIG_HASH) != Some(&svc.config_hash()) => Some(RemoveReason::Changed),
             Some(_) if kept.contains_key(&id) => Some(RemoveReason::Duplicate),
+            Some(svc) if !share.hold && placed.is_some_and(|n| n != ctx.node && share.ready_on(n, &id, &svc.config_hash())) => {
+                Some(RemoveReason::Moved)
+            }
             Some(_) => None,
         };
         match reason {
@@ -175,12 +230,25 @@ pub fn plan(ctx: &NodeContext<'_>, projects: &BTreeMap<String, ProjectPlan>, con
             let mut blocked = None;
             for dep in &svc.depends_on {
                 let Some(dsvc) = p.services.get(&dep.service) else { continue };
-                let reps: Vec<&ContainerInfo> = kept
+                let is_dep = |proj: &str, s: &str| proj == pname && s == dep.service;
+                let reps: Vec<DepState> = kept
                     .iter()
-                    .filter(|(i, _)| i.project == *pname && i.service == dep.service)
-                    .map(|(_, c)| *c)
+                    .filter(|(i, _)| is_dep(&i.project, &i.service))
+                    .map(|(_, c)| DepState { state: c.state, health: c.health, exit_code: c.exit_code })
+                    .chain(
+                        share
+                            .remote
+                            .iter()
+                            .filter(|(_, r)| is_dep(&r.project, &r.service))
+                            .map(|(_, r)| DepState { state: r.state, health: r.health, exit_code: r.exit_code }),
+                    )
                     .collect();
-                if !satisfied(dep.condition, &reps, dsvc.replicas) {
+                let want = if dsvc.placement.global {
+                    share.placed.keys().filter(|s| is_dep(&s.project, &s.service)).count() as u32
+                } else {
+                    dsvc.replicas
+                };
+                if !satisfied(dep.condition, &reps, want) {
                     let what = match dep.condition {
                         Condition::ServiceStarted => "to start",
                         Condition::ServiceHealthy => "to be healthy",
@@ -190,7 +258,12 @@ pub fn plan(ctx: &NodeContext<'_>, projects: &BTreeMap<String, ProjectPlan>, con
                     break;
                 }
             }
-            for replica in 1..=svc.replicas {
+            let mine = share
+                .placed
+                .iter()
+                .filter(|(s, n)| s.project == *pname && s.service == *sname && n.as_str() == ctx.node)
+                .map(|(s, _)| s.replica);
+            for replica in mine {
                 let id = Identity { project: pname.clone(), service: sname.clone(), replica };
                 if kept.contains_key(&id) {
                     continue;
@@ -264,29 +337,41 @@ pub fn ready(svc: &ServicePlan, c: &ContainerInfo) -> bool {
     c.state == RunState::Running && healthy
 }
 
-/// The addresses of a service's ready replicas, sorted.
-fn ready_addrs(project: &str, service: &str, svc: &ServicePlan, containers: &[ContainerInfo]) -> Vec<Ipv4Addr> {
+/// The addresses of a service's ready replicas, here and on the other live nodes, sorted.
+fn ready_addrs(
+    project: &str,
+    service: &str,
+    svc: &ServicePlan,
+    containers: &[ContainerInfo],
+    remote: &[(String, ReplicaReport)],
+) -> Vec<Ipv4Addr> {
     let mut addrs: Vec<Ipv4Addr> = containers
         .iter()
         .filter_map(|c| {
             let (id, addr) = identity(c)?;
             (id.project == project && id.service == service && ready(svc, c)).then_some(addr?)
         })
+        .chain(remote.iter().filter_map(|(_, r)| (r.project == project && r.service == service && r.ready).then_some(r.addr?)))
         .collect();
     addrs.sort();
+    addrs.dedup();
     addrs
 }
 
 /// The VIP table: every exposed port of every service with a VIP, backed by
 /// its ready replicas (none: the VIP rejects).
 /// Each entry comes with the service's network mask.
-pub fn vip_table(projects: &BTreeMap<String, ProjectPlan>, containers: &[ContainerInfo]) -> Vec<(ServiceSpec, u64)> {
+pub fn vip_table(
+    projects: &BTreeMap<String, ProjectPlan>,
+    containers: &[ContainerInfo],
+    remote: &[(String, ReplicaReport)],
+) -> Vec<(ServiceSpec, u64)> {
     let (masks, _) = network_masks(projects);
     let mut out = Vec::new();
     for (pname, p) in projects {
         for (sname, svc) in &p.services {
             let Some(vip) = svc.vip else { continue };
-            let addrs = ready_addrs(pname, sname, svc, containers);
+            let addrs = ready_addrs(pname, sname, svc, containers, remote);
             let mask = masks.get(&(pname.clone(), sname.clone())).copied().unwrap_or(0);
             // A service that declares no port takes connections on any port,
             // as containers on a Compose network would.
@@ -313,13 +398,14 @@ pub fn vip_table(projects: &BTreeMap<String, ProjectPlan>, containers: &[Contain
 pub fn dns_entries(
     projects: &BTreeMap<String, ProjectPlan>,
     containers: &[ContainerInfo],
+    remote: &[(String, ReplicaReport)],
 ) -> (Vec<dns::ServiceEntry>, Vec<dns::ClientEntry>) {
     let mut services = Vec::new();
     let mut clients = Vec::new();
     for (pname, p) in projects {
         for (sname, svc) in &p.services {
             let Some(vip) = svc.vip else { continue };
-            let tasks = ready_addrs(pname, sname, svc, containers);
+            let tasks = ready_addrs(pname, sname, svc, containers, remote);
             let aliases = svc
                 .networks
                 .iter()

@@ -2,13 +2,19 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use super::*;
 use crate::{
+    state::ReplicaReport,
     agent::plan::{Dependency, ServicePort},
     docker::{ContainerInfo, ContainerSpec, Health, RunState},
     net::service::Proto,
 };
 
 fn ctx() -> NodeContext<'static> {
-    NodeContext { node: "n1", range: Cidr::new(Ipv4Addr::new(10, 42, 0, 0), 24).unwrap(), dns: Ipv4Addr::new(169, 254, 1, 1) }
+    NodeContext {
+        node: "n1",
+        range: Cidr::new(Ipv4Addr::new(10, 42, 0, 0), 24).unwrap(),
+        dns: Ipv4Addr::new(169, 254, 1, 1),
+        name_suffix: "",
+    }
 }
 
 fn svc(replicas: u32, deps: &[(&str, Condition)], health: bool) -> ServicePlan {
@@ -20,6 +26,7 @@ fn svc(replicas: u32, deps: &[(&str, Condition)], health: bool) -> ServicePlan {
         networks: BTreeMap::new(),
         vip: Some(Ipv4Addr::new(10, 43, 0, replicas as u8)),
         has_healthcheck: health,
+        placement: Default::default(),
     }
 }
 
@@ -62,9 +69,80 @@ fn render(p: &Plan) -> Vec<String> {
     out
 }
 
+/// Every replica placed on `node`.
+fn all_on(projects: &BTreeMap<String, ProjectPlan>, node: &str) -> BTreeMap<Slot, String> {
+    let mut out = BTreeMap::new();
+    for (pname, p) in projects {
+        for (sname, s) in &p.services {
+            for replica in 1..=s.replicas {
+                out.insert(Slot { project: pname.clone(), service: sname.clone(), replica }, node.to_string());
+            }
+        }
+    }
+    out
+}
+
 fn check(projects: &BTreeMap<String, ProjectPlan>, containers: &[ContainerInfo], expect: &[&str]) {
-    let got = render(&plan(&ctx(), projects, containers));
+    let placed = all_on(projects, "n1");
+    check_shared(projects, containers, Share { placed: &placed, remote: &[], hold: false }, expect);
+}
+
+fn check_shared(projects: &BTreeMap<String, ProjectPlan>, containers: &[ContainerInfo], share: Share<'_>, expect: &[&str]) {
+    let got = render(&plan(&ctx(), projects, containers, share));
     assert_eq!(got, expect, "\n got: {got:#?}\nwant: {expect:#?}");
+}
+
+/// A replica another node reports.
+fn reported(projects: &BTreeMap<String, ProjectPlan>, node: &str, service: &str, replica: u32, last: u8, ready: bool) -> (String, ReplicaReport) {
+    let r = ReplicaReport {
+        project: "app".into(),
+        service: service.into(),
+        replica,
+        addr: Some(Ipv4Addr::new(10, 42, 1, last)),
+        state: RunState::Running,
+        health: if ready { Some(Health::Healthy) } else { Some(Health::Starting) },
+        exit_code: None,
+        ready,
+        config_hash: projects["app"].services[service].config_hash(),
+    };
+    (node.to_string(), r)
+}
+
+#[test]
+fn only_the_replicas_placed_here_are_created_and_a_move_waits_for_its_new_node() {
+    let ps = project(vec![("web", svc(3, &[], false))]);
+    let mut placed = all_on(&ps, "n1");
+    placed.insert(Slot { project: "app".into(), service: "web".into(), replica: 2 }, "n2".into());
+    check_shared(&ps, &[], Share { placed: &placed, remote: &[], hold: false }, &["create app-web-1 10.42.0.2", "create app-web-3 10.42.0.3"]);
+    // web-2 runs here but is placed on n2: kept until n2 reports it ready.
+    let cs: Vec<_> = (1..=3).map(|r| running(&ps, "web", r, 1 + r as u8, None)).collect();
+    check_shared(&ps, &cs, Share { placed: &placed, remote: &[], hold: false }, &[]);
+    let starting = [reported(&ps, "n2", "web", 2, 9, false)];
+    check_shared(&ps, &cs, Share { placed: &placed, remote: &starting, hold: false }, &[]);
+    let elsewhere = [reported(&ps, "n3", "web", 2, 9, true)];
+    check_shared(&ps, &cs, Share { placed: &placed, remote: &elsewhere, hold: false }, &[]);
+    let ready = [reported(&ps, "n2", "web", 2, 9, true)];
+    check_shared(&ps, &cs, Share { placed: &placed, remote: &ready, hold: false }, &["remove app-web-2 Moved"]);
+    // Holding (no majority seen yet): nothing moves and nothing starts.
+    let none = BTreeMap::new();
+    check_shared(&ps, &cs, Share { placed: &none, remote: &ready, hold: true }, &[]);
+    check_shared(&ps, &[], Share { placed: &none, remote: &[], hold: true }, &[]);
+}
+
+#[test]
+fn dependencies_and_backends_count_every_nodes_replicas() {
+    let ps = project(vec![("db", svc(2, &[], true)), ("web", svc(1, &[("db", Condition::ServiceHealthy)], false))]);
+    let mut placed = all_on(&ps, "n1");
+    placed.insert(Slot { project: "app".into(), service: "db".into(), replica: 2 }, "n2".into());
+    let db1 = running(&ps, "db", 1, 2, Some(Health::Healthy));
+    let starting = [reported(&ps, "n2", "db", 2, 9, false)];
+    check_shared(&ps, std::slice::from_ref(&db1), Share { placed: &placed, remote: &starting, hold: false }, &["wait web-1 waiting for db to be healthy"]);
+    let ready = [reported(&ps, "n2", "db", 2, 9, true)];
+    check_shared(&ps, std::slice::from_ref(&db1), Share { placed: &placed, remote: &ready, hold: false }, &["create app-web-1 10.42.0.3"]);
+    let table = vip_table(&ps, &[db1], &ready);
+    let db = table.iter().find(|(s, _)| s.frontend.vip == ps["app"].services["db"].vip.unwrap()).unwrap();
+    let addrs: Vec<String> = db.0.backends.iter().map(|b| b.to_string()).collect();
+    assert_eq!(addrs, vec!["10.42.0.2:8080", "10.42.1.9:8080"]);
 }
 
 #[test]
@@ -135,12 +213,12 @@ fn only_ready_replicas_back_the_vip() {
         running(&ps, "web", 2, 3, Some(Health::Unhealthy)),
         running(&ps, "web", 3, 4, Some(Health::Starting)),
     ];
-    let table = vip_table(&ps, &cs);
+    let table = vip_table(&ps, &cs, &[]);
     assert_eq!(table.len(), 1);
     let addrs: Vec<String> = table[0].0.backends.iter().map(|b| b.to_string()).collect();
     assert_eq!(addrs, vec!["10.42.0.2:8080"]);
     cs[0].state = RunState::Exited;
-    assert!(vip_table(&ps, &cs)[0].0.backends.is_empty(), "no ready replica: the VIP rejects");
+    assert!(vip_table(&ps, &cs, &[])[0].0.backends.is_empty(), "no ready replica: the VIP rejects");
 }
 
 #[test]
@@ -160,5 +238,5 @@ fn services_share_a_bit_only_when_they_share_a_network() {
     assert_ne!(get("api") & get("db"), 0);
     assert_eq!(get("web") & get("db"), 0, "web and db share no network");
     assert_eq!(get("other") & (get("web") | get("db") | get("api")), 0, "default is a network of its own");
-    assert_eq!(vip_table(&ps, &[]).iter().find(|(s, _)| s.frontend.vip == ps["app"].services["db"].vip.unwrap()).unwrap().1, get("db"));
+    assert_eq!(vip_table(&ps, &[], &[]).iter().find(|(s, _)| s.frontend.vip == ps["app"].services["db"].vip.unwrap()).unwrap().1, get("db"));
 }

@@ -1,24 +1,34 @@
-//! The agent's event loop and the effects of its actions.
+//! The agent's event loop and the effects of its actions: Docker containers, their plumbing,
+//! the datapath and DNS. `mesh.rs` and `shared.rs` hold the loop's other duties.
+
+mod mesh;
+mod shared;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     hash::{Hash as _, Hasher as _},
     net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
 use futures_util::StreamExt as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::{
     assign_vips, cluster,
+    placement::{self, Placement},
     plan::ProjectPlan,
-    reconcile::{self, identity, Action, Identity, NodeContext},
-    store::Store,
-    ApiError, Command, Config, Target,
+    reconcile::{self, identity, Action, Identity, NodeContext, Share},
+    ApiError, Command, Config, Reply, Target,
 };
 use crate::{
     api,
+    state::{
+        self,
+        sync::{self as state_sync, Incoming, Snapshot},
+        Batch, Change, NodeRecord, NodeReport, ReplicaReport, State, Value,
+    },
     dns::{Records, Server as DnsServer, SharedRecords},
     gossip::{self, GossipConfig, GossipHandle},
     net::wireguard::{PeerConfig, PrivateKey, PublicKey, WireGuard, WireGuardConfig},
@@ -34,9 +44,9 @@ use crate::{
 /// Errors that stop the agent from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The stored desired state cannot be read.
-    #[error(transparent)]
-    Store(#[from] super::store::StoreError),
+    /// The stored state cannot be read.
+    #[error("opening the state: {0}")]
+    State(#[from] state::StateError),
     /// The datapath cannot be loaded.
     #[error("loading the datapath: {0}")]
     Datapath(#[from] crate::net::ebpf::Error),
@@ -57,12 +67,32 @@ enum Event {
     Docker,
     /// The engine went away.
     DockerLost(String),
+    /// Entries a peer had that this node lacked (from anti-entropy).
+    Merge(Batch),
 }
 
 struct Agent {
     cfg: Config,
-    store: Store,
+    /// The replicated state, and the projects it holds (rebuilt after every change).
+    state: State,
     desired: BTreeMap<String, ProjectPlan>,
+    /// What the sync server answers peers from, published after every change.
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    /// Entries peers push, for the sync server to hand over (its sender).
+    incoming: mpsc::Sender<Incoming>,
+    /// The sync server and its key, once in a cluster.
+    sync: Option<(crate::gossip::crypto::Key, tokio::task::JoinHandle<()>)>,
+    events: mpsc::Sender<Event>,
+    /// The last placement, and what the other live nodes run.
+    placement: Placement,
+    remote: Vec<(String, ReplicaReport)>,
+    /// The members of the last view in which this node saw a majority alive: a minority
+    /// places by it, so it starts no replacement for nodes it merely cannot reach.
+    quorum: BTreeSet<String>,
+    /// No majority seen since start: keep what runs, start and move nothing.
+    hold: bool,
+    /// The live peers at the last tick (a new one gets an anti-entropy exchange at once).
+    peers_seen: BTreeSet<String>,
     docker: Docker,
     dp: Datapath,
     /// The containers as last observed.
@@ -108,8 +138,10 @@ pub fn host_if(prefix: &str, container: &str) -> String {
 /// Runs the agent until SIGINT/SIGTERM. The datapath stays pinned after it
 /// exits; containers keep running.
 pub async fn run(cfg: Config) -> Result<(), StartError> {
-    let store = Store::open(&cfg.state_dir)?;
-    let desired = store.load()?;
+    let state = State::open(&cfg.state_dir)?;
+    let desired = state.projects();
+    let (snapshot, _) = watch::channel(Arc::new(Snapshot::of(state.map())));
+    let (incoming, mut incoming_rx) = mpsc::channel::<Incoming>(64);
     let dp = Datapath::open(&cfg.pin_dir, DatapathConfig { vip_net: cfg.vip_range.net, vip_prefix: cfg.vip_range.len })?;
     plumb::ensure_gateway()?;
     let records = SharedRecords::new(Records::new());
@@ -119,7 +151,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let docker = connect_docker().await;
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(256);
-    tokio::spawn(watch_docker(docker.clone(), cfg.node.clone(), ev_tx));
+    tokio::spawn(watch_docker(docker.clone(), cfg.node.clone(), ev_tx.clone()));
 
     let router = api::server::router(cmd_tx, docker.clone());
     let socket = cfg.socket.clone();
@@ -133,8 +165,17 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
 
     let mut agent = Agent {
         cfg,
-        store,
+        state,
         desired,
+        snapshot,
+        incoming,
+        sync: None,
+        events: ev_tx,
+        placement: Placement::default(),
+        remote: Vec::new(),
+        quorum: BTreeSet::new(),
+        hold: false,
+        peers_seen: BTreeSet::new(),
         docker,
         dp,
         observed: Vec::new(),
@@ -163,7 +204,9 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         Ok(None) => {}
         Err(e) => eprintln!("fizz agent: {e}"),
     }
+    agent.record_node();
     eprintln!("fizz agent: node {} ready (api {}, datapath {})", agent.cfg.node, agent.cfg.socket.display(), agent.cfg.pin_dir.display());
+    let mut members_rx = agent.gossip.as_ref().map(|g| g.subscribe());
 
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut gc = tokio::time::interval(Duration::from_secs(10));
@@ -175,7 +218,25 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             dirty = false;
         }
         tokio::select! {
-            Some(cmd) = cmd_rx.recv() => dirty = agent.command(cmd).await,
+            Some(cmd) = cmd_rx.recv() => {
+                dirty = agent.command(cmd).await;
+                if members_rx.is_none() {
+                    members_rx = agent.gossip.as_ref().map(|g| g.subscribe());
+                }
+            }
+            Some(inc) = incoming_rx.recv() => {
+                match agent.absorb(inc.batch) {
+                    Ok(changed) => {
+                        dirty |= changed;
+                        let _ = inc.done.send(());
+                    }
+                    Err(e) => eprintln!("fizz agent: storing a peer's entries: {e}"),
+                }
+            }
+            _ = members_changed(&mut members_rx) => {
+                dirty = true;
+                agent.anti_entropy();
+            }
             Some(ev) = ev_rx.recv() => match ev {
                 Event::Docker => { agent.docker_ok = true; dirty = true; }
                 Event::DockerLost(why) => {
@@ -184,11 +245,16 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                     }
                     agent.docker_ok = false;
                 }
+                Event::Merge(batch) => match agent.absorb(batch) {
+                    Ok(changed) => dirty |= changed,
+                    Err(e) => eprintln!("fizz agent: storing a peer's entries: {e}"),
+                },
             },
             _ = tick.tick() => {
                 dirty = true;
                 agent.remember_peers();
                 agent.sync_mesh();
+                agent.anti_entropy();
             }
             _ = gc.tick() => agent.gc(),
             _ = tokio::signal::ctrl_c() => break,
@@ -196,6 +262,9 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         }
     }
     let _ = std::fs::remove_file(&agent.cfg.socket);
+    if let Some((_, server)) = agent.sync.take() {
+        server.abort();
+    }
     if let Some(g) = agent.gossip.take() {
         // A graceful leave: the others see this node go at once.
         let _ = tokio::time::timeout(Duration::from_secs(2), g.leave()).await;
@@ -208,6 +277,19 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     }
     eprintln!("fizz agent: stopping; containers and the datapath keep running");
     Ok(())
+}
+
+/// Resolves when the member list changes (never without a cluster).
+async fn members_changed(rx: &mut Option<watch::Receiver<Vec<gossip::MemberView>>>) {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                *rx = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn connect_docker() -> Docker {
@@ -259,29 +341,43 @@ async fn watch_docker(docker: Docker, node: String, tx: mpsc::Sender<Event>) {
 
 impl Agent {
     fn ctx(&self) -> NodeContext<'_> {
-        NodeContext { node: &self.cfg.node, range: self.cfg.range, dns: plumb::GATEWAY }
+        NodeContext { node: &self.cfg.node, range: self.cfg.range, dns: plumb::GATEWAY, name_suffix: &self.cfg.name_suffix }
     }
 
     /// Handles one API command; returns whether state changed.
     async fn command(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Up { project, reply } => {
-                let r = self.up(*project);
-                let changed = matches!(&r, Ok(u) if u.updated);
-                let _ = reply.send(r);
-                changed
-            }
-            Command::Down { project, volumes, reply } => {
-                let r = self.down(&project, volumes).await;
-                let _ = reply.send(r);
-                true
-            }
-            Command::Scale { project, service, replicas, reply } => {
-                let r = self.scale(&project, &service, replicas);
-                let ok = r.is_ok();
-                let _ = reply.send(r);
-                ok
-            }
+            Command::Up { project, reply } => match self.up(*project) {
+                Ok((resp, batch)) => {
+                    let changed = resp.updated;
+                    self.reply_when_spread(batch, reply, resp);
+                    changed
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    false
+                }
+            },
+            Command::Down { project, volumes, reply } => match self.down(&project, volumes).await {
+                Ok(batch) => {
+                    self.reply_when_spread(batch, reply, ());
+                    true
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    true
+                }
+            },
+            Command::Scale { project, service, replicas, reply } => match self.scale(&project, &service, replicas) {
+                Ok(batch) => {
+                    self.reply_when_spread(batch, reply, ());
+                    true
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    false
+                }
+            },
             Command::Ps { project, reply } => {
                 let _ = reply.send(Ok(self.ps(project.as_deref())));
                 false
@@ -302,6 +398,9 @@ impl Agent {
                 if let Some(g) = self.gossip.take() {
                     g.abort();
                 }
+                if let Some((_, server)) = self.sync.take() {
+                    server.abort();
+                }
                 cluster::remove_secret(&self.cfg.state_dir);
                 let _ = reply.send(Ok(()));
                 false
@@ -310,325 +409,17 @@ impl Agent {
                 let _ = reply.send(Ok(self.nodes()));
                 false
             }
-        }
-    }
-
-    /// Creates this node's WireGuard device (key kept in the state
-    /// directory) and attaches `from_wireguard` to it; returns its public key.
-    fn start_wireguard(&mut self) -> Result<PublicKey, String> {
-        let key_path = self.cfg.state_dir.join("wg.key");
-        let key = match std::fs::read(&key_path) {
-            Ok(b) if b.len() == 32 => {
-                let mut k = [0u8; 32];
-                k.copy_from_slice(&b);
-                PrivateKey::from_bytes(k)
-            }
-            _ => {
-                let k = PrivateKey::generate();
-                use std::os::unix::fs::OpenOptionsExt as _;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&key_path)
-                    .map_err(|e| format!("{}: {e}", key_path.display()))?;
-                std::io::Write::write_all(&mut f, &k.to_bytes()).map_err(|e| format!("{}: {e}", key_path.display()))?;
-                k
-            }
-        };
-        let public = key.public_key();
-        let cfg = WireGuardConfig {
-            ifname: wg_ifname(&self.cfg.node),
-            private_key: key,
-            listen_port: self.cfg.wg_port,
-            mtu: crate::net::wireguard::DEFAULT_MTU,
-        };
-        let wg = WireGuard::create("/proc/thread-self/ns/net", &cfg).map_err(|e| format!("WireGuard device {}: {e}", cfg.ifname))?;
-        self.dp.attach_wireguard(wg.ifname()).map_err(|e| format!("attaching to {}: {e}", wg.ifname()))?;
-        self.wg = Some(wg);
-        Ok(public)
-    }
-
-    /// Brings the WireGuard peers and the datapath's remote ranges in line
-    /// with the live members: one peer per other node, its range routed
-    /// into the tunnel; members that are down lose both.
-    fn sync_mesh(&mut self) {
-        let (Some(g), Some(wg)) = (&self.gossip, &self.wg) else { return };
-        let mut want: BTreeMap<String, (PublicKey, Ipv4Addr, u8, std::net::SocketAddr)> = BTreeMap::new();
-        for m in g.members() {
-            if m.name == self.cfg.node || m.state == gossip::MemberState::Down {
-                continue;
-            }
-            let Ok(key) = m.wg_pubkey.parse::<PublicKey>() else { continue };
-            let Some((net, len)) = m.range.split_once('/').and_then(|(n, l)| Some((n.parse::<Ipv4Addr>().ok()?, l.parse::<u8>().ok()?))) else {
-                continue;
-            };
-            want.insert(m.name.clone(), (key, net, len, std::net::SocketAddr::new(m.addr.ip(), self.cfg.wg_port)));
-        }
-        let ifindex = wg.ifindex();
-        let gone: Vec<String> = self.wg_peers.keys().filter(|n| !want.contains_key(*n)).cloned().collect();
-        for name in gone {
-            if let Some((key, net, len)) = self.wg_peers.remove(&name) {
-                let _ = wg.remove_peer(&key);
-                let _ = self.dp.remove_remote(net, len);
-            }
-        }
-        for (name, (key, net, len, endpoint)) in want {
-            if self.wg_peers.get(&name) == Some(&(key, net, len)) {
-                continue;
-            }
-            let peer = PeerConfig { public_key: key, endpoint, allowed: vec![(net, len)] };
-            if let Err(e) = wg.set_peer(&peer) {
-                eprintln!("fizz agent: WireGuard peer {name}: {e}");
-                continue;
-            }
-            if let Err(e) = self.dp.set_remote(net, len, ifindex) {
-                eprintln!("fizz agent: route to {name}: {e}");
-                continue;
-            }
-            self.wg_peers.insert(name, (key, net, len));
-        }
-    }
-
-    async fn start_gossip(&mut self, secret: &[u8; 32]) -> Result<(), String> {
-        let ip = match self.cfg.advertise {
-            Some(ip) => ip,
-            None => plumb::primary_ipv4()
-                .map_err(|e| e.to_string())?
-                .ok_or("this host has no global IPv4 address to advertise; pass --advertise-addr")?,
-        };
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let generation = gossip::next_generation(&self.cfg.state_dir.join("generation"), now_ms).map_err(|e| e.to_string())?;
-        let cfg = GossipConfig {
-            bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.cfg.gossip_port)),
-            advertise: Some(SocketAddr::from((ip, self.cfg.gossip_port))),
-            name: self.cfg.node.clone(),
-            range: format!("{}/{}", self.cfg.range.net, self.cfg.range.len),
-            wg_pubkey: match &self.wg {
-                Some(wg) => wg.public_key().to_string(),
-                None => self.start_wireguard()?.to_string(),
+            Command::Label { req, reply } => match self.label(req) {
+                Ok((labels, batch)) => {
+                    self.reply_when_spread(batch, reply, labels);
+                    true
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    false
+                }
             },
-            generation,
-            key: gossip::crypto::Key::derive(secret),
-            tuning: gossip::Tuning::default(),
-        };
-        let handle = GossipHandle::start(cfg).await.map_err(|e| e.to_string())?;
-        self.gossip = Some(handle);
-        Ok(())
-    }
-
-    async fn cluster_init(&mut self) -> Result<api::InitResponse, ApiError> {
-        if self.gossip.is_some() {
-            return Err(ApiError::Invalid("this node is already in a cluster".into()));
         }
-        let secret = cluster::new_secret().map_err(|e| ApiError::Failed(format!("generating the cluster secret: {e}")))?;
-        self.start_gossip(&secret).await.map_err(ApiError::Failed)?;
-        if let Err(e) = cluster::save_secret(&self.cfg.state_dir, &secret) {
-            if let Some(g) = self.gossip.take() {
-                g.abort();
-            }
-            return Err(ApiError::Failed(e.to_string()));
-        }
-        let addr = self.gossip.as_ref().map(|g| g.members()).and_then(|m| m.first().map(|v| v.addr));
-        Ok(api::InitResponse { token: cluster::token(&secret), addr: addr.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.cfg.gossip_port))) })
-    }
-
-    async fn cluster_join(&mut self, secret: [u8; 32], seeds: Vec<SocketAddr>) -> Result<(), ApiError> {
-        if self.gossip.is_some() {
-            return Err(ApiError::Invalid("this node is already in a cluster".into()));
-        }
-        self.start_gossip(&secret).await.map_err(ApiError::Failed)?;
-        cluster::save_secret(&self.cfg.state_dir, &secret).map_err(|e| ApiError::Failed(e.to_string()))?;
-        if let Some(g) = &self.gossip {
-            g.join(seeds).await.map_err(|e| ApiError::Failed(e.to_string()))?;
-        }
-        Ok(())
-    }
-
-    fn nodes(&self) -> api::NodesResponse {
-        let Some(g) = &self.gossip else {
-            return api::NodesResponse { clustered: false, nodes: Vec::new() };
-        };
-        let handshakes: Vec<(String, Option<u64>)> = self
-            .wg
-            .as_ref()
-            .and_then(|wg| wg.peers().ok())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| (p.public_key.to_string(), p.last_handshake.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs())))
-            .collect();
-        let nodes = g
-            .members()
-            .into_iter()
-            .map(|m| api::NodeView {
-                wg_handshake_secs: handshakes.iter().find(|(k, _)| *k == m.wg_pubkey).and_then(|(_, s)| *s),
-                local: m.name == self.cfg.node,
-                state: match m.state {
-                    gossip::MemberState::Alive => "alive",
-                    gossip::MemberState::Suspect => "suspect",
-                    gossip::MemberState::Down => "down",
-                }
-                .to_string(),
-                name: m.name,
-                addr: m.addr,
-                range: m.range,
-                wg_pubkey: m.wg_pubkey,
-                generation: m.generation,
-            })
-            .collect();
-        api::NodesResponse { clustered: true, nodes }
-    }
-
-    /// Keeps the peers' addresses, so a restarted agent finds the cluster.
-    fn remember_peers(&self) {
-        if let Some(g) = &self.gossip {
-            let peers: Vec<SocketAddr> = g
-                .members()
-                .into_iter()
-                .filter(|m| m.name != self.cfg.node && m.state != gossip::MemberState::Down)
-                .map(|m| m.addr)
-                .collect();
-            if !peers.is_empty() {
-                cluster::save_seeds(&self.cfg.state_dir, &peers);
-            }
-        }
-    }
-
-    fn persist(&mut self, next: BTreeMap<String, ProjectPlan>) -> Result<(), ApiError> {
-        self.store.save(&next).map_err(|e| ApiError::Failed(format!("saving the desired state: {e}")))?;
-        self.desired = next;
-        Ok(())
-    }
-
-    fn up(&mut self, mut project: ProjectPlan) -> Result<api::UpResponse, ApiError> {
-        let old = self.desired.get(&project.name).cloned();
-        assign_vips(self.cfg.vip_range, &mut project, old.as_ref(), &self.desired)
-            .map_err(|e| ApiError::Invalid(format!("allocating service VIPs: {e}")))?;
-        let changed: Vec<String> = project
-            .services
-            .iter()
-            .filter(|(n, s)| old.as_ref().and_then(|o| o.services.get(*n)).map(|o| o.config_hash()) != Some(s.config_hash()))
-            .map(|(n, _)| n.clone())
-            .collect();
-        let updated = old.as_ref() != Some(&project);
-        let resp = api::UpResponse {
-            project: project.name.clone(),
-            services: project.services.iter().map(|(n, s)| (n.clone(), s.vip)).collect(),
-            changed,
-            updated,
-        };
-        if updated {
-            let mut next = self.desired.clone();
-            next.insert(project.name.clone(), project);
-            self.persist(next)?;
-        }
-        Ok(resp)
-    }
-
-    async fn down(&mut self, project: &str, volumes: bool) -> Result<(), ApiError> {
-        let Some(p) = self.desired.get(project).cloned() else {
-            return Err(ApiError::NotFound(format!("project {project} is not deployed")));
-        };
-        let mut next = self.desired.clone();
-        next.remove(project);
-        self.persist(next)?;
-        // Remove its containers now, so `down` returns when they are gone.
-        self.reconcile().await;
-        if volumes {
-            for v in &p.volumes {
-                if let Err(e) = self.docker.remove_volume(v).await {
-                    return Err(ApiError::Failed(e.to_string()));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn scale(&mut self, project: &str, service: &str, replicas: u32) -> Result<(), ApiError> {
-        let mut next = self.desired.clone();
-        let p = next.get_mut(project).ok_or_else(|| ApiError::NotFound(format!("project {project} is not deployed")))?;
-        let s = p
-            .services
-            .get_mut(service)
-            .ok_or_else(|| ApiError::NotFound(format!("project {project} has no service {service}")))?;
-        s.replicas = replicas;
-        self.persist(next)
-    }
-
-    fn ps(&self, project: Option<&str>) -> api::PsResponse {
-        let mut replicas = Vec::new();
-        let mut seen = BTreeSet::new();
-        for c in &self.observed {
-            let Some((id, addr)) = identity(c) else { continue };
-            if project.is_some_and(|p| p != id.project) {
-                continue;
-            }
-            let vip = self.desired.get(&id.project).and_then(|p| p.services.get(&id.service)).and_then(|s| s.vip);
-            seen.insert(id.clone());
-            replicas.push(api::Replica {
-                name: c.name.clone(),
-                node: self.cfg.node.clone(),
-                state: Some(c.state),
-                health: c.health,
-                addr,
-                vip,
-                container_id: Some(c.id.chars().take(12).collect()),
-                note: self.notes.get(&id).cloned(),
-                project: id.project,
-                service: id.service,
-                replica: id.replica,
-            });
-        }
-        for (pname, p) in &self.desired {
-            if project.is_some_and(|want| want != pname) {
-                continue;
-            }
-            for (sname, s) in &p.services {
-                for r in 1..=s.replicas {
-                    let id = Identity { project: pname.clone(), service: sname.clone(), replica: r };
-                    if seen.contains(&id) {
-                        continue;
-                    }
-                    replicas.push(api::Replica {
-                        name: super::plan::container_name(pname, sname, r),
-                        node: self.cfg.node.clone(),
-                        state: None,
-                        health: None,
-                        addr: None,
-                        vip: s.vip,
-                        container_id: None,
-                        note: self.notes.get(&id).cloned().or_else(|| Some("pending".into())),
-                        project: pname.clone(),
-                        service: sname.clone(),
-                        replica: r,
-                    });
-                }
-            }
-        }
-        replicas.sort_by(|a, b| (&a.project, &a.service, a.replica).cmp(&(&b.project, &b.service, b.replica)));
-        api::PsResponse { replicas, projects: self.desired.keys().cloned().collect() }
-    }
-
-    fn find(&self, t: &Target) -> Result<Vec<ContainerInfo>, ApiError> {
-        let p = self.desired.get(&t.project).ok_or_else(|| ApiError::NotFound(format!("project {} is not deployed", t.project)))?;
-        if let Some(s) = &t.service {
-            if !p.services.contains_key(s) {
-                return Err(ApiError::NotFound(format!("project {} has no service {s}", t.project)));
-            }
-        }
-        Ok(self
-            .observed
-            .iter()
-            .filter(|c| {
-                identity(c).is_some_and(|(id, _)| {
-                    id.project == t.project
-                        && t.service.as_ref().is_none_or(|s| *s == id.service)
-                        && t.replica.is_none_or(|r| r == id.replica)
-                })
-            })
-            .cloned()
-            .collect())
     }
 
     /// One pass: observe, plan, act, then bring the datapath in line.
@@ -649,7 +440,9 @@ impl Agent {
             eprintln!("fizz agent: the Docker engine is back; adopting what runs");
         }
         self.docker_ok = true;
-        let plan = reconcile::plan(&self.ctx(), &self.desired, &containers);
+        self.place();
+        let share = Share { placed: &self.placement.assigned, remote: &self.remote, hold: self.hold };
+        let plan = reconcile::plan(&self.ctx(), &self.desired, &containers, share);
         self.notes.clear();
         for (id, why) in plan.waiting.iter().chain(&plan.errors) {
             self.notes.insert(id.clone(), why.clone());
@@ -681,8 +474,9 @@ impl Agent {
         };
         self.adopt(&containers, &masks);
         self.sync_datapath(&containers);
-        let (services, clients) = reconcile::dns_entries(&self.desired, &containers);
+        let (services, clients) = reconcile::dns_entries(&self.desired, &containers, &self.remote);
         self.records.replace(Records::build(services, clients));
+        self.report(&containers);
         self.observed = containers;
     }
 
@@ -753,7 +547,7 @@ impl Agent {
 
     /// Writes the VIP table and removes endpoints of containers that are gone.
     fn sync_datapath(&mut self, containers: &[ContainerInfo]) {
-        let table = reconcile::vip_table(&self.desired, containers);
+        let table = reconcile::vip_table(&self.desired, containers, &self.remote);
         let wanted: BTreeSet<Frontend> = table.iter().map(|(s, _)| s.frontend).collect();
         for (spec, mask) in &table {
             if let Err(e) = self.dp.set_service_in(spec, *mask) {

@@ -1,0 +1,211 @@
+//! `fizz-bench failover`: a local cluster of 3 nodes (`fizz dev`, the release `fizz`), a
+//! project of N replicas deployed from node 1, then per run:
+//!
+//! - **up → known everywhere**: from starting `fizz up -d` on node 1 until nodes 2 and 3 list
+//!   the project (the replicated state reached them);
+//! - **up → running**: until every replica runs somewhere (node 1's `ps`, cluster-wide);
+//! - **kill → down**: node 3's agent is killed (SIGKILL; its containers stay, as on a host
+//!   whose agent died); until node 1 sees it down;
+//! - **kill → replacements running**: until nodes 1 and 2 run all N replicas themselves;
+//! - **restart → declared count**: node 3's agent starts again; until exactly N replicas run,
+//!   each number once (its own come back, the replacements go).
+//!
+//! Timings come from polling the agents' APIs every 50 ms. References at defaults: Docker
+//! Swarm ≈ 15 s, Nomad ≈ 20 s, Kubernetes ≈ 5–6 min from a node's death to its work running
+//! elsewhere.
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use fizz::{
+    api::{client::Client, NodesResponse, PsResponse},
+    dev::{self, DevNode, Layout},
+    docker::RunState,
+};
+use hyper::Method;
+
+use super::report::{self, Line, Results};
+use fizz_tests::{fizz_bin, BUSYBOX_IMAGE};
+
+/// Options of `fizz-bench failover`.
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Kill-and-restart runs; the report gives their median and range.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Replicas of the project's one service.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(3..=60))]
+    pub replicas: u32,
+}
+
+const POLL: Duration = Duration::from_millis(50);
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// Removes the cluster on drop.
+struct Cluster(Layout);
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = dev::down(&self.0);
+        if let Some(base) = self.0.run_dir.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
+struct Bench {
+    rt: tokio::runtime::Runtime,
+    fizz: PathBuf,
+    cluster: Cluster,
+    nodes: Vec<DevNode>,
+}
+
+impl Bench {
+    fn ps(&self, n: &DevNode, project: &str) -> Option<PsResponse> {
+        self.rt.block_on(Client::new(&n.socket).call::<(), _>(Method::GET, &format!("/v1/ps?project={project}"), None)).ok()
+    }
+
+    fn state_of(&self, n: &DevNode, name: &str) -> Option<String> {
+        let r: NodesResponse = self.rt.block_on(Client::new(&n.socket).call::<(), _>(Method::GET, "/v1/nodes", None)).ok()?;
+        r.nodes.into_iter().find(|m| m.name == name).map(|m| m.state)
+    }
+
+    fn cli(&self, n: &DevNode, args: &[&str]) -> Result<()> {
+        let out = Command::new(&self.fizz).arg("--socket").arg(&n.socket).args(args).output().context("running fizz")?;
+        if !out.status.success() {
+            bail!("fizz {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Seconds from `since` until `f` holds.
+    fn until(&self, what: &str, since: Instant, mut f: impl FnMut() -> bool) -> Result<f64> {
+        while since.elapsed() < LIMIT {
+            if f() {
+                return Ok(since.elapsed().as_secs_f64());
+            }
+            std::thread::sleep(POLL);
+        }
+        bail!("{what}: not within {LIMIT:?}")
+    }
+}
+
+/// The running replicas in a `ps` answer: (node, replica number).
+fn running(ps: &PsResponse) -> Vec<(String, u32)> {
+    ps.replicas.iter().filter(|r| r.state == Some(RunState::Running)).map(|r| (r.node.clone(), r.replica)).collect()
+}
+
+fn compose(replicas: u32) -> String {
+    format!(
+        "services:\n  web:\n    image: {BUSYBOX_IMAGE}\n    command: [\"sh\", \"-c\", \"hostname > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: {replicas}\n"
+    )
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    let fizz = fizz_bin().context("the benchmark runs the release `fizz`, which `cargo xtask bench failover` builds")?;
+    let tag = format!("fzbf{}", std::process::id() % 10_000);
+    let lan = Ipv4Addr::new(10, 95, (std::process::id() % 250) as u8, 0);
+    let cluster = Cluster(Layout::isolated(&tag, lan));
+    eprintln!("starting a 3-node local cluster ({tag})");
+    let nodes = dev::up(&cluster.0, 3, &fizz)?;
+    dev::form_cluster(&cluster.0, &nodes)?;
+    let b = Bench { rt: tokio::runtime::Runtime::new()?, fizz, cluster, nodes };
+    let names: Vec<String> = b.nodes.iter().map(|n| n.name.clone()).collect();
+    b.until("3 alive members", Instant::now(), || {
+        b.nodes.iter().all(|n| names.iter().all(|m| b.state_of(n, m).as_deref() == Some("alive")))
+    })?;
+    let dir = b.cluster.0.run_dir.parent().context("no base dir")?.join("compose");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("compose.yaml");
+    std::fs::write(&file, compose(opts.replicas))?;
+
+    let mut results = Results::default();
+    let want = opts.replicas as usize;
+    for run in 0..opts.runs {
+        let project = format!("failover{run}");
+        eprintln!("run {}/{}", run + 1, opts.runs);
+        measure(&b, &file, &project, want, &mut results).with_context(|| format!("run {}", run + 1))?;
+    }
+    report(&results, opts)
+}
+
+fn measure(b: &Bench, file: &Path, project: &str, want: usize, results: &mut Results) -> Result<()> {
+    let (n1, n3) = (&b.nodes[0], &b.nodes[2]);
+    let start = Instant::now();
+    b.cli(n1, &["up", "-d", "-f", file.to_str().context("path")?, "-p", project])?;
+    let known = b.until("the project known on every node", start, || {
+        b.nodes.iter().all(|n| b.ps(n, project).is_some_and(|p| p.projects.iter().any(|x| x == project)))
+    })?;
+    let up = b.until("every replica running", start, || b.ps(n1, project).is_some_and(|p| running(&p).len() == want))?;
+    results.push("up_known_all", "s", known);
+    results.push("up_running", "s", up);
+    let on_victim = b.ps(n1, project).map(|p| running(&p).iter().filter(|(n, _)| *n == n3.name).count()).unwrap_or(0);
+    if on_victim == 0 {
+        bail!("node 3 runs no replica of {project}: nothing to fail over");
+    }
+
+    let pid: i32 = std::fs::read_to_string(b.cluster.0.run_dir.join("node3.pid"))?.trim().parse()?;
+    // SAFETY: signalling the agent process this benchmark started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let killed = Instant::now();
+    let survivors = [b.nodes[0].name.clone(), b.nodes[1].name.clone()];
+    let mut down = None;
+    let replaced = b.until("replacements running", killed, || {
+        if down.is_none() && b.state_of(n1, &n3.name).as_deref() == Some("down") {
+            down = Some(killed.elapsed().as_secs_f64());
+        }
+        b.ps(n1, project).is_some_and(|p| {
+            let r = running(&p);
+            let numbers: BTreeSet<u32> = r.iter().map(|(_, i)| *i).collect();
+            r.len() == want && numbers.len() == want && r.iter().all(|(n, _)| survivors.contains(n))
+        })
+    })?;
+    results.push("kill_down", "s", down.unwrap_or(replaced));
+    results.push("kill_replaced", "s", replaced);
+
+    dev::up(&b.cluster.0, 3, &b.fizz)?;
+    let restarted = Instant::now();
+    let settled = b.until("exactly the declared count after the rejoin", restarted, || {
+        b.state_of(n1, &n3.name).as_deref() == Some("alive")
+            && b.ps(n1, project).is_some_and(|p| {
+                let numbers: BTreeSet<u32> = p.replicas.iter().map(|r| r.replica).collect();
+                p.replicas.len() == want && numbers.len() == want && running(&p).len() == want
+            })
+    })?;
+    results.push("rejoin_settled", "s", settled);
+    b.cli(n1, &["down", "-p", project])?;
+    b.until("the project gone", Instant::now(), || b.nodes.iter().all(|n| b.ps(n, project).is_some_and(|p| p.replicas.is_empty())))?;
+    Ok(())
+}
+
+fn report(results: &Results, opts: &Options) -> Result<()> {
+    let scenario = format!("3 nodes, {} replicas", opts.replicas);
+    let mut lines = Vec::new();
+    for (key, metric) in [
+        ("up_known_all", "fizz up → project known on every node"),
+        ("up_running", "fizz up → every replica running"),
+        ("kill_down", "node killed → down on node 1"),
+        ("kill_replaced", "node killed → replacements running"),
+        ("rejoin_settled", "node back → exactly the declared count"),
+    ] {
+        if let Some(entry) = results.entry(key, None) {
+            lines.push(Line { key: key.to_string(), scenario: scenario.clone(), metric: metric.to_string(), entry });
+        }
+    }
+    println!(
+        "Failover on a local cluster: median and range over {} runs (release build).\n\n{}",
+        opts.runs,
+        report::table(std::slice::from_ref(&lines))
+    );
+    println!("Target: node killed → replacements running ≤ 10 s (Swarm ≈ 15 s, Nomad ≈ 20 s, Kubernetes ≈ 5–6 min at defaults).");
+    let path = report::out_dir()?.join("failover.json");
+    report::write_json(&path, &lines)?;
+    println!("\nwrote {}", report::display(&path));
+    Ok(())
+}
