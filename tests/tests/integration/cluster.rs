@@ -5,6 +5,7 @@
 //! with a wrong token never becomes a member.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
@@ -161,7 +162,9 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
     let peer = r.nodes.iter().find(|n| n.name == members[1].name).unwrap();
     assert!(peer.wg_handshake_secs.is_some(), "a WireGuard handshake with node 2 happened: {peer:?}");
 
-    // Kill node 3's agent: the others see it down, and start its replica themselves.
+    // Kill node 3's agent: the others see it down, take its replica out of their VIPs, and
+    // start it themselves.
+    let on_n3 = running(&members[0]).into_iter().find(|r| r.node == members[2].name).and_then(|r| r.addr).unwrap();
     let pid: i32 = std::fs::read_to_string(cluster.0.run_dir.join("node3.pid")).unwrap().trim().parse().unwrap();
     // SAFETY: signalling the agent process this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -172,6 +175,31 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
     .unwrap();
     // How fast is measured by the benchmarks, not asserted here.
     eprintln!("a killed node was down on the others after {:?}", killed.elapsed());
+    let backends_on_node1 = || -> Vec<Ipv4Addr> {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", members[0].netns))
+            .arg("--")
+            .arg(&fizz)
+            .args(["net", "inspect", "--json", "--pin-dir"])
+            .arg(cluster.0.pin_dir.join("node1"))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut addrs = Vec::new();
+        for s in v["services"].as_array().into_iter().flatten() {
+            for b in s["backends"].as_array().into_iter().flatten() {
+                if let Some(a) = b["backend"]["addr"].as_str().and_then(|a| a.parse().ok()) {
+                    addrs.push(a);
+                }
+            }
+        }
+        addrs
+    };
+    wait_for("node 3's replica out of node 1's VIP", Duration::from_secs(10), || {
+        let addrs = backends_on_node1();
+        !addrs.is_empty() && !addrs.contains(&on_n3)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?} still has {on_n3}", backends_on_node1()));
     let survivors = [members[0].name.clone(), members[1].name.clone()];
     wait_for("3 replicas running on nodes 1 and 2", Duration::from_secs(40), || {
         let rs = running(&members[0]);
@@ -198,4 +226,115 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
     .unwrap_or_else(|e| panic!("{e}: {:#?}", running(&members[2])));
     let (ok, out) = cli(&members[1], &["down", "-p", &project]);
     assert!(ok, "{out}");
+}
+
+/// The running replicas a node reports about itself: replica number → container id.
+fn own_replicas(ps: &fizz::api::PsResponse, node: &str) -> BTreeMap<u32, String> {
+    ps.replicas
+        .iter()
+        .filter(|r| r.node == node && r.state == Some(fizz::docker::RunState::Running))
+        .map(|r| (r.replica, r.container_id.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn a_minority_starts_nothing_and_restarting_every_agent_recreates_nothing() {
+    require_docker!();
+    let tag = unique("P");
+    let lan = Ipv4Addr::new(10, 94, (std::process::id() % 250) as u8, 0);
+    let cluster = Cluster(Layout::isolated(&tag, lan));
+    let fizz = fizz_bin().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let members = dev::up(&cluster.0, 3, &fizz).unwrap();
+    dev::form_cluster(&cluster.0, &members).unwrap();
+    let alive_everywhere = || {
+        members.iter().all(|n| nodes(&rt, n).nodes.iter().filter(|m| m.state == "alive").count() == 3)
+    };
+    wait_for("3 alive members everywhere", Duration::from_secs(15), alive_everywhere).unwrap();
+
+    let dir = cluster.0.run_dir.parent().unwrap().join("compose");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("compose.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  app:\n    image: {}\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: 3\n",
+            fizz_tests::BUSYBOX_IMAGE
+        ),
+    )
+    .unwrap();
+    let project = tag.to_lowercase();
+    let ps = |n: &dev::DevNode| -> fizz::api::PsResponse {
+        rt.block_on(Client::new(&n.socket).call::<(), _>(Method::GET, &format!("/v1/ps?project={project}"), None))
+            .unwrap_or_default()
+    };
+    let out = std::process::Command::new(&fizz)
+        .arg("--socket")
+        .arg(&members[0].socket)
+        .args(["up", "-f", file.to_str().unwrap(), "-p", &project, "--timeout", "60"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let settled = |n: &dev::DevNode| {
+        let p = ps(n);
+        let numbers: BTreeSet<u32> = p.replicas.iter().map(|r| r.replica).collect();
+        p.replicas.len() == 3 && numbers.len() == 3 && p.replicas.iter().all(|r| r.state == Some(fizz::docker::RunState::Running))
+    };
+    wait_for("3 replicas running", Duration::from_secs(30), || settled(&members[0])).unwrap();
+    let before: Vec<BTreeMap<u32, String>> = members.iter().map(|n| own_replicas(&ps(n), &n.name)).collect();
+    assert!(before.iter().all(|r| r.len() == 1), "one replica per node: {before:?}");
+
+    // Every agent killed at once and started again: the state is on disk, the containers are
+    // adopted, nothing is recreated.
+    let pids: Vec<i32> = (1..=3)
+        .map(|i| std::fs::read_to_string(cluster.0.run_dir.join(format!("node{i}.pid"))).unwrap().trim().parse().unwrap())
+        .collect();
+    for pid in &pids {
+        // SAFETY: signalling agent processes this test started.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    for pid in &pids {
+        // SAFETY: reaping the agents this test started (its children), so that none is left
+        // a zombie that still looks alive.
+        unsafe { libc::waitpid(*pid, std::ptr::null_mut(), 0) };
+    }
+    dev::up(&cluster.0, 3, &fizz).unwrap();
+    wait_for("3 alive members after the restart", Duration::from_secs(30), alive_everywhere)
+        .unwrap_or_else(|e| panic!("{e}: {:#?}", members.iter().map(|n| nodes(&rt, n)).collect::<Vec<_>>()));
+    wait_for("every node reports its replica", Duration::from_secs(30), || members.iter().all(settled)).unwrap();
+    // Give a wrong decision time to show.
+    std::thread::sleep(Duration::from_secs(4));
+    let after: Vec<BTreeMap<u32, String>> = members.iter().map(|n| own_replicas(&ps(n), &n.name)).collect();
+    assert_eq!(after, before, "the same containers, nothing recreated");
+
+    // Node 3 cut off the LAN: nodes 1 and 2 (a majority) start its replica; node 3 (a
+    // minority) keeps its own and starts none of theirs.
+    let lan_if = format!("{}3", cluster.0.short);
+    let link = |state: &str| {
+        let ok = std::process::Command::new("ip").args(["link", "set", &lan_if, state]).status().unwrap().success();
+        assert!(ok, "ip link set {lan_if} {state}");
+    };
+    link("down");
+    let (n1, n3) = (&members[0], &members[2]);
+    wait_for("each side sees the other down", Duration::from_secs(20), || {
+        state_of(&nodes(&rt, n1), &n3.name).as_deref() == Some("down")
+            && nodes(&rt, n3).nodes.iter().filter(|m| m.state == "down").count() == 2
+    })
+    .unwrap();
+    let survivors = [members[0].name.clone(), members[1].name.clone()];
+    wait_for("the majority runs 3 replicas", Duration::from_secs(30), || {
+        let p = ps(n1);
+        let running: Vec<_> = p.replicas.iter().filter(|r| r.state == Some(fizz::docker::RunState::Running)).collect();
+        running.len() == 3 && running.iter().all(|r| survivors.contains(&r.node))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:#?}", ps(n1)));
+    std::thread::sleep(Duration::from_secs(4));
+    let minority = own_replicas(&ps(n3), &n3.name);
+    assert_eq!(minority, before[2], "the minority keeps its replica and starts nothing");
+
+    // Healed: views converge and duplicates go, down to the declared count.
+    link("up");
+    wait_for("3 alive members after the heal", Duration::from_secs(30), alive_everywhere).unwrap();
+    wait_for("exactly 3 replicas, once each, on every node's view", Duration::from_secs(40), || members.iter().all(settled))
+        .unwrap_or_else(|e| panic!("{e}: {:#?}", members.iter().map(ps).collect::<Vec<_>>()));
 }

@@ -89,6 +89,8 @@ struct Agent {
     /// The members of the last view in which this node saw a majority alive: a minority
     /// places by it, so it starts no replacement for nodes it merely cannot reach.
     quorum: BTreeSet<String>,
+    /// The live members as last seen, and since when.
+    view: (BTreeSet<String>, std::time::Instant),
     /// No majority seen since start: keep what runs, start and move nothing.
     hold: bool,
     /// The live peers at the last tick (a new one gets an anti-entropy exchange at once).
@@ -174,6 +176,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         placement: Placement::default(),
         remote: Vec::new(),
         quorum: BTreeSet::new(),
+        view: (BTreeSet::new(), std::time::Instant::now()),
         hold: false,
         peers_seen: BTreeSet::new(),
         docker,
@@ -212,6 +215,8 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let mut gc = tokio::time::interval(Duration::from_secs(10));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
     let mut dirty = true;
+    // When a new view of the members will have settled (placement follows it then).
+    let mut settle: Option<tokio::time::Instant> = None;
     loop {
         if dirty {
             agent.reconcile().await;
@@ -233,8 +238,16 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                     Err(e) => eprintln!("fizz agent: storing a peer's entries: {e}"),
                 }
             }
+            _ = async { tokio::time::sleep_until(settle.unwrap_or_else(tokio::time::Instant::now)).await }, if settle.is_some() => {
+                settle = None;
+                dirty = true;
+            }
             _ = members_changed(&mut members_rx) => {
                 dirty = true;
+                settle = Some(tokio::time::Instant::now() + shared::VIEW_SETTLE + Duration::from_millis(50));
+                // Remembered at once: a node that crashes seconds after meeting its peers
+                // still finds them when it restarts.
+                agent.remember_peers();
                 agent.anti_entropy();
             }
             Some(ev) = ev_rx.recv() => match ev {

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// How long a view of the live members must hold still before placement follows it.
+pub(super) const VIEW_SETTLE: Duration = Duration::from_secs(3);
+
 impl Agent {
     /// Writes changes to the replicated state (durable here before it returns).
     pub(super) fn commit(&mut self, changes: Vec<Change>) -> Result<Batch, ApiError> {
@@ -114,11 +117,13 @@ impl Agent {
         }
     }
 
-    /// The members placement counts: the live ones while this node sees a majority of the
-    /// members it knows (those in the gossip view and those with a record in the state);
-    /// otherwise the last such view, so that a minority starts nothing for nodes it merely
-    /// cannot reach. None when this node never saw a majority since it started (a restarted
-    /// node before it rejoined): it holds what it runs and starts nothing.
+    /// The members placement counts: the last view of live members that held still for
+    /// [`VIEW_SETTLE`] while this node saw in it a majority of the members it knows (those in
+    /// the gossip view and those with a record in the state). A minority keeps placing by the
+    /// last such view, so it starts nothing for nodes it merely cannot reach; and since the
+    /// two sides of a partition notice each other's members one by one, a view must settle
+    /// before it counts. None when this node never had such a view since it started (a
+    /// restarted node before it rejoined): it holds what it runs and starts nothing.
     pub(super) fn placement_members(&mut self) -> Option<BTreeSet<String>> {
         let Some(g) = &self.gossip else { return Some([self.cfg.node.clone()].into()) };
         let view = g.members();
@@ -130,14 +135,13 @@ impl Agent {
             .chain(self.state.nodes().into_iter().filter(|(_, (r, _))| r.is_some()).map(|(n, _)| n))
             .chain([self.cfg.node.clone()])
             .collect();
-        if live.len() * 2 > known.len() {
-            self.quorum = live.clone();
-            Some(live)
-        } else if self.quorum.is_empty() {
-            None
-        } else {
-            Some(self.quorum.clone())
+        if live != self.view.0 {
+            self.view = (live.clone(), std::time::Instant::now());
         }
+        if self.view.1.elapsed() >= VIEW_SETTLE && live.len() * 2 > known.len() {
+            self.quorum = live;
+        }
+        (!self.quorum.is_empty()).then(|| self.quorum.clone())
     }
 
     /// Where every replica of the cluster goes, computed from the same inputs on every node.
