@@ -8,7 +8,7 @@
 //!   whose agent died); until node 1 sees it down;
 //! - **kill → replacements running**: until nodes 1 and 2 run all N replicas themselves;
 //! - **restart → declared count**: node 3's agent starts again; until exactly N replicas run,
-//!   each number once (its own come back, the replacements go).
+//!   each number once, node 3 among their nodes (its own come back, the replacements go).
 //!
 //! Timings come from polling the agents' APIs every 50 ms. References at defaults: Docker
 //! Swarm ≈ 15 s, Nomad ≈ 20 s, Kubernetes ≈ 5–6 min from a node's death to its work running
@@ -175,7 +175,12 @@ fn measure(b: &Bench, file: &Path, project: &str, want: usize, results: &mut Res
         b.state_of(n1, &n3.name).as_deref() == Some("alive")
             && b.ps(n1, project).is_some_and(|p| {
                 let numbers: BTreeSet<u32> = p.replicas.iter().map(|r| r.replica).collect();
-                p.replicas.len() == want && numbers.len() == want && running(&p).len() == want
+                // Node 3 back in the view, running its own share again, and the
+                // replacements gone.
+                p.replicas.len() == want
+                    && numbers.len() == want
+                    && running(&p).len() == want
+                    && running(&p).iter().any(|(n, _)| *n == n3.name)
             })
     })?;
     results.push("rejoin_settled", "s", settled);
