@@ -13,5 +13,6 @@ pub mod dev;
 pub mod dns;
 pub mod docker;
 pub mod gossip;
+pub mod hash;
 pub mod net;
 pub mod state;

@@ -61,9 +61,8 @@ pub fn allocate_for(range: Cidr, used: &BTreeSet<Ipv4Addr>, name: &str) -> Resul
     if hosts.is_empty() {
         return Err(IpamError::Exhausted { net: range.net, len: range.len });
     }
-    // FNV-1a: stable across builds, so every node computes the same start.
-    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-    let start = (h % hosts.len() as u64) as usize;
+    // Stable across builds, so every node computes the same start.
+    let start = (crate::hash::stable_hash(&[name.as_bytes()]) % hosts.len() as u64) as usize;
     hosts[start..]
         .iter()
         .chain(&hosts[..start])

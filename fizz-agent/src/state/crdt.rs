@@ -143,20 +143,7 @@ mod tests {
         assert_eq!(got, vec![("svc/a/x", &1), ("svc/a/z", &3)]);
     }
 
-    /// SplitMix64: a seeded source for the random cases.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::hash::SplitMix64 as Rng;
 
     #[test]
     fn replicas_that_saw_the_same_writes_agree_whatever_the_order() {

@@ -13,7 +13,10 @@
 use std::{hint::black_box, time::Instant};
 
 use anyhow::{ensure, Result};
-use fizz::agent::placement::{place, Constraint, Demand, NodeInfo};
+use fizz::{
+    agent::placement::{place, Constraint, Demand, NodeInfo},
+    hash::SplitMix64 as Rng,
+};
 
 use super::report::{self, Line, Results};
 
@@ -108,27 +111,6 @@ pub fn run(opts: &Options) -> Result<()> {
     report::write_json(&json, &lines)?;
     println!("\nwrote {}", report::display(&json));
     Ok(())
-}
-
-/// SplitMix64: the generator of the benchmark's cluster.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[(self.next() % xs.len() as u64) as usize]
-    }
 }
 
 /// 100 nodes in four zones, half with SSDs, 4–16 CPUs, 8–32 GiB; 1,000

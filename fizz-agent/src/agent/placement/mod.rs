@@ -9,7 +9,7 @@
 //!   (by name, then every other field) and a repeated name counts once (the
 //!   first); services are sorted by project and service, a repeated pair also
 //!   counting once.
-//! - Hashing is [`stable_hash`]: FNV-1a (64-bit) over length-prefixed fields,
+//! - Hashing is [`stable_hash`](crate::hash::stable_hash): FNV-1a (64-bit) over length-prefixed fields,
 //!   finished by SplitMix64's mixer. std's `DefaultHasher` may change between
 //!   Rust versions, and nodes built by different compilers must agree.
 //! - Decisions are made on integers: CPUs become nano-CPUs (as Docker counts
@@ -42,6 +42,8 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
 };
+
+use crate::hash::{mix, stable_hash};
 
 /// A member that can run replicas.
 #[derive(Clone, Debug, PartialEq)]
@@ -231,29 +233,6 @@ impl fmt::Display for Constraint {
         let op = if *op == Op::Eq { "==" } else { "!=" };
         write!(f, "{attribute} {op} {value}")
     }
-}
-
-/// The hash every placement decision uses: FNV-1a (64-bit) over each field's
-/// length (8 bytes, little-endian) and bytes, then SplitMix64's finaliser (FNV
-/// alone mixes its last bytes poorly into the high bits). Fixed forever: nodes
-/// that disagree on it disagree on placement.
-pub fn stable_hash(fields: &[&[u8]]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET;
-    for field in fields {
-        for &b in (field.len() as u64).to_le_bytes().iter().chain(field.iter()) {
-            h = (h ^ u64::from(b)).wrapping_mul(PRIME);
-        }
-    }
-    mix(h)
-}
-
-/// SplitMix64's finaliser: a bijection that spreads every input bit.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// The replica number a global service has on node `name`:
