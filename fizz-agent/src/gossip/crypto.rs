@@ -95,21 +95,19 @@ impl Key {
     /// Derives the gossip packet key from the cluster secret (HKDF-SHA256 with a fixed salt and
     /// a purpose label, so other uses of the secret get unrelated keys).
     pub fn derive(cluster_secret: &[u8]) -> Key {
-        let mut okm = [0u8; 32];
-        Hkdf::<Sha256>::new(Some(KDF_SALT), cluster_secret)
-            .expand(KDF_INFO, &mut okm)
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        Key {
-            cipher: XChaCha20Poly1305::new(&okm.into()),
-        }
+        Key::derive_for(cluster_secret, KDF_INFO)
     }
 
     /// Derives the key of the state-sync streams (another purpose label, so a gossip packet
     /// can never be taken for a stream frame or the other way round).
     pub fn derive_stream(cluster_secret: &[u8]) -> Key {
+        Key::derive_for(cluster_secret, KDF_INFO_STREAM)
+    }
+
+    fn derive_for(cluster_secret: &[u8], purpose: &[u8]) -> Key {
         let mut okm = [0u8; 32];
         Hkdf::<Sha256>::new(Some(KDF_SALT), cluster_secret)
-            .expand(KDF_INFO_STREAM, &mut okm)
+            .expand(purpose, &mut okm)
             .expect("32 bytes is a valid HKDF-SHA256 output length");
         Key {
             cipher: XChaCha20Poly1305::new(&okm.into()),
