@@ -137,7 +137,7 @@ fn cluster(seed: u64) -> (Vec<NodeInfo>, Vec<Demand>) {
             Demand {
                 project: format!("proj-{:02}", j / 20),
                 service: format!("svc-{:02}", j % 20),
-                replicas: 1 + (rng.next() % 5) as u32,
+                replicas: 1 + rng.below(5) as u32,
                 global: false,
                 constraints: if rng.chance(33) {
                     vec![Constraint::parse(rng.pick(&forms)).expect("a valid constraint")]
