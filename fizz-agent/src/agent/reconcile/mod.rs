@@ -98,7 +98,13 @@ pub struct Share<'a> {
     pub hold: bool,
 }
 
-impl Share<'_> {
+impl<'a> Share<'a> {
+    /// The placed replicas of one service, in replica order, with their nodes.
+    fn of_service(&self, project: &str, service: &str) -> impl Iterator<Item = (u32, &'a str)> + 'a {
+        let slot = |replica| Slot { project: project.to_string(), service: service.to_string(), replica };
+        self.placed.range(slot(0)..=slot(u32::MAX)).map(|(s, n)| (s.replica, n.as_str()))
+    }
+
     fn node_of(&self, id: &Identity) -> Option<&str> {
         let slot = Slot { project: id.project.clone(), service: id.service.clone(), replica: id.replica };
         self.placed.get(&slot).map(String::as_str)
@@ -244,7 +250,7 @@ pub fn plan(
                     )
                     .collect();
                 let want = if dsvc.placement.global {
-                    share.placed.keys().filter(|s| is_dep(&s.project, &s.service)).count() as u32
+                    share.of_service(pname, &dep.service).count() as u32
                 } else {
                     dsvc.replicas
                 };
@@ -258,11 +264,7 @@ pub fn plan(
                     break;
                 }
             }
-            let mine = share
-                .placed
-                .iter()
-                .filter(|(s, n)| s.project == *pname && s.service == *sname && n.as_str() == ctx.node)
-                .map(|(s, _)| s.replica);
+            let mine = share.of_service(pname, sname).filter(|(_, n)| *n == ctx.node).map(|(r, _)| r);
             for replica in mine {
                 let id = Identity { project: pname.clone(), service: sname.clone(), replica };
                 if kept.contains_key(&id) {

@@ -184,8 +184,9 @@ impl Agent {
 
     /// Sets and removes labels of a node of the cluster.
     pub(super) fn label(&mut self, req: api::LabelRequest) -> Result<(BTreeMap<String, String>, Batch), ApiError> {
+        let mut nodes = self.state.nodes();
         let known = req.node == self.cfg.node
-            || self.state.nodes().contains_key(&req.node)
+            || nodes.contains_key(&req.node)
             || self.gossip.as_ref().is_some_and(|g| g.members().iter().any(|m| m.name == req.node));
         if !known {
             return Err(ApiError::NotFound(format!("no node named {} in this cluster (see `fizz nodes`)", req.node)));
@@ -200,7 +201,7 @@ impl Agent {
                 return Err(ApiError::Invalid(format!("label {key}: the value has a control character")));
             }
         }
-        let mut labels = self.state.nodes().remove(&req.node).map(|(_, l)| l).unwrap_or_default();
+        let mut labels = nodes.remove(&req.node).map(|(_, l)| l).unwrap_or_default();
         for key in &req.remove {
             labels.remove(key);
         }
@@ -211,16 +212,9 @@ impl Agent {
 
     /// Keeps the peers' addresses, so a restarted agent finds the cluster.
     pub(super) fn remember_peers(&self) {
-        if let Some(g) = &self.gossip {
-            let peers: Vec<SocketAddr> = g
-                .members()
-                .into_iter()
-                .filter(|m| m.name != self.cfg.node && m.state != gossip::MemberState::Down)
-                .map(|m| m.addr)
-                .collect();
-            if !peers.is_empty() {
-                cluster::save_seeds(&self.cfg.state_dir, &peers);
-            }
+        let peers: Vec<SocketAddr> = self.live_peers().into_iter().map(|(_, addr)| addr).collect();
+        if !peers.is_empty() {
+            cluster::save_seeds(&self.cfg.state_dir, &peers);
         }
     }
 }

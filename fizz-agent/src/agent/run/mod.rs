@@ -89,10 +89,8 @@ struct Agent {
     /// The members of the last view in which this node saw a majority alive: a minority
     /// places by it, so it starts no replacement for nodes it merely cannot reach.
     quorum: BTreeSet<String>,
-    /// The live members as last seen, and since when.
+    /// The live members as last seen (this node's own view, not the quorum), and since when.
     view: (BTreeSet<String>, std::time::Instant),
-    /// No majority seen since start: keep what runs, start and move nothing.
-    hold: bool,
     /// The live peers at the last tick (a new one gets an anti-entropy exchange at once).
     peers_seen: BTreeSet<String>,
     docker: Docker,
@@ -177,7 +175,6 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         remote: Vec::new(),
         quorum: BTreeSet::new(),
         view: (BTreeSet::new(), std::time::Instant::now()),
-        hold: false,
         peers_seen: BTreeSet::new(),
         docker,
         dp,
@@ -453,8 +450,8 @@ impl Agent {
             eprintln!("fizz agent: the Docker engine is back; adopting what runs");
         }
         self.docker_ok = true;
-        self.place();
-        let share = Share { placed: &self.placement.assigned, remote: &self.remote, hold: self.hold };
+        let placed = self.place();
+        let share = Share { placed: &self.placement.assigned, remote: &self.remote, hold: !placed };
         let plan = reconcile::plan(&self.ctx(), &self.desired, &containers, share);
         self.notes.clear();
         for (id, why) in plan.waiting.iter().chain(&plan.errors) {

@@ -106,14 +106,19 @@ impl Agent {
             cpus: std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
             memory: mem_total().unwrap_or(0),
         };
-        let key = state::node_key(&self.cfg.node);
-        if self.state.map().get(&key) != Some(&Value::Node(record.clone())) {
-            match self.commit(vec![(key, Some(Value::Node(record)))]) {
-                Ok(batch) => {
-                    tokio::spawn(self.spread(batch));
-                }
-                Err(e) => eprintln!("fizz agent: {e}"),
+        self.publish(state::node_key(&self.cfg.node), Value::Node(record));
+    }
+
+    /// Writes one of this node's own keys when its value changed, and tells the peers.
+    fn publish(&mut self, key: String, value: Value) {
+        if self.state.map().get(&key) == Some(&value) {
+            return;
+        }
+        match self.commit(vec![(key, Some(value))]) {
+            Ok(batch) => {
+                tokio::spawn(self.spread(batch));
             }
+            Err(e) => eprintln!("fizz agent: {e}"),
         }
     }
 
@@ -124,7 +129,9 @@ impl Agent {
     /// two sides of a partition notice each other's members one by one, a view must settle
     /// before it counts. None when this node never had such a view since it started (a
     /// restarted node before it rejoined): it holds what it runs and starts nothing.
-    pub(super) fn placement_members(&mut self) -> Option<BTreeSet<String>> {
+    /// `info` is the state's node records and labels; `self.view.0` is left holding the live
+    /// members as seen now.
+    fn placement_members(&mut self, info: &BTreeMap<String, (Option<NodeRecord>, BTreeMap<String, String>)>) -> Option<BTreeSet<String>> {
         let Some(g) = &self.gossip else { return Some([self.cfg.node.clone()].into()) };
         let view = g.members();
         let live: BTreeSet<String> =
@@ -132,7 +139,7 @@ impl Agent {
         let known: BTreeSet<String> = view
             .iter()
             .map(|m| m.name.clone())
-            .chain(self.state.nodes().into_iter().filter(|(_, (r, _))| r.is_some()).map(|(n, _)| n))
+            .chain(info.iter().filter(|(_, (r, _))| r.is_some()).map(|(n, _)| n.clone()))
             .chain([self.cfg.node.clone()])
             .collect();
         if live != self.view.0 {
@@ -145,15 +152,15 @@ impl Agent {
     }
 
     /// Where every replica of the cluster goes, computed from the same inputs on every node.
-    pub(super) fn place(&mut self) {
-        let Some(members) = self.placement_members() else {
-            self.placement = Placement::default();
-            self.hold = true;
-            self.remote = Vec::new();
-            return;
-        };
-        self.hold = false;
+    /// Returns false when placement is unknown (no settled majority view yet): nothing is
+    /// placed then, and this node must hold what it runs.
+    pub(super) fn place(&mut self) -> bool {
         let info = self.state.nodes();
+        let Some(members) = self.placement_members(&info) else {
+            self.placement = Placement::default();
+            self.remote = Vec::new();
+            return false;
+        };
         // A member whose record has not arrived yet is not placed on: every node must weigh
         // the same nodes the same way.
         let nodes: Vec<placement::NodeInfo> = members
@@ -173,20 +180,16 @@ impl Agent {
             .collect();
         let demands = demands(&self.desired);
         self.placement = placement::place(&nodes, &demands);
-        // What the other members of the view run, as they report it.
-        let reports = self.state.reports();
-        self.remote = reports
+        // What the other members of the view that are live now run, as they report it.
+        let live = &self.view.0;
+        self.remote = self
+            .state
+            .reports()
             .into_iter()
-            .filter(|(n, _)| *n != self.cfg.node && members.contains(n) && self.is_live(n))
+            .filter(|(n, _)| *n != self.cfg.node && members.contains(n) && live.contains(n))
             .flat_map(|(n, r)| r.replicas.into_iter().map(move |rep| (n.clone(), rep)))
             .collect();
-    }
-
-    pub(super) fn is_live(&self, node: &str) -> bool {
-        match &self.gossip {
-            Some(g) => g.members().iter().any(|m| m.name == node && m.state != gossip::MemberState::Down),
-            None => node == self.cfg.node,
-        }
+        true
     }
 
     /// Publishes what this node runs, when it changed.
@@ -210,17 +213,7 @@ impl Agent {
             })
             .collect();
         replicas.sort_by(|a, b| (&a.project, &a.service, a.replica).cmp(&(&b.project, &b.service, b.replica)));
-        let value = Value::Report(NodeReport { replicas });
-        let key = state::report_key(&self.cfg.node);
-        if self.state.map().get(&key) == Some(&value) {
-            return;
-        }
-        match self.commit(vec![(key, Some(value))]) {
-            Ok(batch) => {
-                tokio::spawn(self.spread(batch));
-            }
-            Err(e) => eprintln!("fizz agent: {e}"),
-        }
+        self.publish(state::report_key(&self.cfg.node), Value::Report(NodeReport { replicas }));
     }
 
     pub(super) fn up(&mut self, mut project: ProjectPlan) -> Result<(api::UpResponse, Batch), ApiError> {
