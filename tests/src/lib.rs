@@ -174,6 +174,30 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> R
     bail!("timed out after {timeout:?} waiting for {what}")
 }
 
+/// A local cluster (`fizz dev`) in its own layout, removed whole on drop: agents,
+/// namespaces, containers, pins, and the layout's base directory.
+pub struct DevCluster(pub fizz::dev::Layout);
+
+impl DevCluster {
+    /// A file in the cluster's base directory (for Compose files), written now.
+    pub fn file(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let dir = self.0.run_dir.parent().context("the layout has no base directory")?.join("files");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        let _ = fizz::dev::down(&self.0);
+        if let Some(base) = self.0.run_dir.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
 /// Where test pin directories live on bpffs.
 pub fn pin_root() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/fizz-test")

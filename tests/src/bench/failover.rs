@@ -10,9 +10,9 @@
 //! - **restart → declared count**: node 3's agent starts again; until exactly N replicas run,
 //!   each number once, node 3 among their nodes (its own come back, the replacements go).
 //!
-//! Timings come from polling the agents' APIs every 50 ms. References at defaults: Docker
-//! Swarm ≈ 15 s, Nomad ≈ 20 s, Kubernetes ≈ 5–6 min from a node's death to its work running
-//! elsewhere.
+//! Timings come from polling the agents' APIs (`fizz_tests::wait_for`, every 20 ms).
+//! References at defaults: Docker Swarm ≈ 15 s, Nomad ≈ 20 s, Kubernetes ≈ 5–6 min from a
+//! node's death to its work running elsewhere.
 
 use std::{
     collections::BTreeSet,
@@ -31,7 +31,7 @@ use fizz::{
 use hyper::Method;
 
 use super::report::{self, Line, Results};
-use fizz_tests::{fizz_bin, BUSYBOX_IMAGE};
+use fizz_tests::{fizz_bin, wait_for, DevCluster, BUSYBOX_IMAGE};
 
 /// Options of `fizz-bench failover`.
 #[derive(clap::Args, Debug)]
@@ -44,25 +44,12 @@ pub struct Options {
     pub replicas: u32,
 }
 
-const POLL: Duration = Duration::from_millis(50);
 const LIMIT: Duration = Duration::from_secs(90);
-
-/// Removes the cluster on drop.
-struct Cluster(Layout);
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = dev::down(&self.0);
-        if let Some(base) = self.0.run_dir.parent() {
-            let _ = std::fs::remove_dir_all(base);
-        }
-    }
-}
 
 struct Bench {
     rt: tokio::runtime::Runtime,
     fizz: PathBuf,
-    cluster: Cluster,
+    cluster: DevCluster,
     nodes: Vec<DevNode>,
 }
 
@@ -85,14 +72,9 @@ impl Bench {
     }
 
     /// Seconds from `since` until `f` holds.
-    fn until(&self, what: &str, since: Instant, mut f: impl FnMut() -> bool) -> Result<f64> {
-        while since.elapsed() < LIMIT {
-            if f() {
-                return Ok(since.elapsed().as_secs_f64());
-            }
-            std::thread::sleep(POLL);
-        }
-        bail!("{what}: not within {LIMIT:?}")
+    fn until(&self, what: &str, since: Instant, f: impl FnMut() -> bool) -> Result<f64> {
+        wait_for(what, LIMIT, f)?;
+        Ok(since.elapsed().as_secs_f64())
     }
 }
 
@@ -111,7 +93,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let fizz = fizz_bin().context("the benchmark runs the release `fizz`, which `cargo xtask bench failover` builds")?;
     let tag = format!("fzbf{}", std::process::id() % 10_000);
     let lan = Ipv4Addr::new(10, 95, (std::process::id() % 250) as u8, 0);
-    let cluster = Cluster(Layout::isolated(&tag, lan));
+    let cluster = DevCluster(Layout::isolated(&tag, lan));
     eprintln!("starting a 3-node local cluster ({tag})");
     let nodes = dev::up(&cluster.0, 3, &fizz)?;
     dev::form_cluster(&cluster.0, &nodes)?;
@@ -120,10 +102,7 @@ pub fn run(opts: &Options) -> Result<()> {
     b.until("3 alive members", Instant::now(), || {
         b.nodes.iter().all(|n| names.iter().all(|m| b.state_of(n, m).as_deref() == Some("alive")))
     })?;
-    let dir = b.cluster.0.run_dir.parent().context("no base dir")?.join("compose");
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("compose.yaml");
-    std::fs::write(&file, compose(opts.replicas))?;
+    let file = b.cluster.file("compose.yaml", &compose(opts.replicas))?;
 
     let mut results = Results::default();
     let want = opts.replicas as usize;

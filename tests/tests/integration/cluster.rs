@@ -7,29 +7,31 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    path::Path,
     time::{Duration, Instant},
 };
 
 use fizz::{
-    api::{client::Client, JoinRequest, NodesResponse},
-    dev::{self, Layout},
+    api::{client::Client, JoinRequest, NodesResponse, PsResponse},
+    dev::{self, DevNode, Layout},
+    docker::RunState,
 };
-use fizz_tests::{fizz_bin, require_docker, unique, wait_for};
+use fizz_tests::{fizz_bin, require_docker, unique, wait_for, DevCluster};
 use hyper::Method;
 
-/// Removes the whole test cluster on drop.
-struct Cluster(Layout);
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = dev::down(&self.0);
-        if let Some(base) = self.0.run_dir.parent() {
-            let _ = std::fs::remove_dir_all(base);
-        }
-    }
+/// Runs `fizz` against a node's agent: whether it succeeded, and its output.
+fn cli(fizz: &Path, n: &DevNode, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(fizz).arg("--socket").arg(&n.socket).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
-fn nodes(rt: &tokio::runtime::Runtime, n: &dev::DevNode) -> NodesResponse {
+/// Exactly `want` replicas, each number once, all running.
+fn settled(ps: &PsResponse, want: usize) -> bool {
+    let numbers: BTreeSet<u32> = ps.replicas.iter().map(|r| r.replica).collect();
+    ps.replicas.len() == want && numbers.len() == want && ps.replicas.iter().all(|r| r.state == Some(RunState::Running))
+}
+
+fn nodes(rt: &tokio::runtime::Runtime, n: &DevNode) -> NodesResponse {
     rt.block_on(Client::new(&n.socket).call::<(), _>(Method::GET, "/v1/nodes", None)).unwrap()
 }
 
@@ -42,8 +44,7 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
     require_docker!();
     let tag = unique("D");
     let lan = Ipv4Addr::new(10, 97, (std::process::id() % 250) as u8, 0);
-    let layout = Layout::isolated(&tag, lan);
-    let cluster = Cluster(layout.clone());
+    let cluster = DevCluster(Layout::isolated(&tag, lan));
     let fizz = fizz_bin().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
 
@@ -72,28 +73,25 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
 
     // A project deployed from node 1 spreads over the three nodes, and every node sees all of
     // it: the state and the nodes' reports travel between them.
-    let dir = cluster.0.run_dir.parent().unwrap().join("compose");
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("compose.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "services:\n  web:\n    image: {}\n    command: [\"sh\", \"-c\", \"hostname > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: 3\n",
-            fizz_tests::BUSYBOX_IMAGE
-        ),
-    )
-    .unwrap();
-    let cli = |n: &dev::DevNode, args: &[&str]| {
-        let out = std::process::Command::new(&fizz).arg("--socket").arg(&n.socket).args(args).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    let file = cluster
+        .file(
+            "web.yaml",
+            &format!(
+                "services:\n  web:\n    image: {}\n    command: [\"sh\", \"-c\", \"hostname > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: 3\n",
+                fizz_tests::BUSYBOX_IMAGE
+            ),
+        )
+        .unwrap();
+    let cli = |n: &DevNode, args: &[&str]| cli(&fizz, n, args);
+    let ps_of = |n: &DevNode, project: &str| -> PsResponse {
+        let (_, out) = cli(n, &["ps", "-p", project, "--json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     };
     let project = format!("{tag}a").to_lowercase();
     let (ok, out) = cli(&members[0], &["up", "-f", file.to_str().unwrap(), "-p", &project, "--timeout", "60"]);
     assert!(ok, "{out}");
-    let running = |n: &dev::DevNode| -> Vec<fizz::api::Replica> {
-        let (_, out) = cli(n, &["ps", "-p", &project, "--json"]);
-        let ps: fizz::api::PsResponse = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-        ps.replicas.into_iter().filter(|r| r.state == Some(fizz::docker::RunState::Running)).collect()
+    let running = |n: &DevNode| -> Vec<fizz::api::Replica> {
+        ps_of(n, &project).replicas.into_iter().filter(|r| r.state == Some(RunState::Running)).collect()
     };
     let spread = |rs: &[fizz::api::Replica]| rs.iter().map(|r| r.node.clone()).collect::<std::collections::BTreeSet<_>>();
     wait_for("one replica on each node, seen from node 2", Duration::from_secs(30), || {
@@ -107,26 +105,22 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
     assert!(!ok && out.contains("no node named no-such-node"), "{out}");
     let (ok, out) = cli(&members[2], &["node", "label", &members[1].name, "zone=b"]);
     assert!(ok && out.contains("zone=b"), "{out}");
-    let pinned = dir.join("pinned.yaml");
-    std::fs::write(
-        &pinned,
-        format!(
-            "services:\n  pinned:\n    image: {}\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: 2\n      placement:\n        constraints: [\"node.labels.zone == b\"]\n",
-            fizz_tests::BUSYBOX_IMAGE
-        ),
-    )
-    .unwrap();
+    let pinned = cluster
+        .file(
+            "pinned.yaml",
+            &format!(
+                "services:\n  pinned:\n    image: {}\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: 2\n      placement:\n        constraints: [\"node.labels.zone == b\"]\n",
+                fizz_tests::BUSYBOX_IMAGE
+            ),
+        )
+        .unwrap();
     let pinned_project = format!("{tag}p").to_lowercase();
     let (ok, out) = cli(&members[0], &["up", "-f", pinned.to_str().unwrap(), "-p", &pinned_project]);
     assert!(ok, "{out}");
-    let pinned_running = || {
-        let (_, out) = cli(&members[0], &["ps", "-p", &pinned_project, "--json"]);
-        let ps: fizz::api::PsResponse = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-        ps.replicas
-    };
+    let pinned_running = || ps_of(&members[0], &pinned_project).replicas;
     wait_for("both pinned replicas on node 2", Duration::from_secs(30), || {
         let rs = pinned_running();
-        rs.len() == 2 && rs.iter().all(|r| r.node == members[1].name && r.state == Some(fizz::docker::RunState::Running))
+        rs.len() == 2 && rs.iter().all(|r| r.node == members[1].name && r.state == Some(RunState::Running))
     })
     .unwrap_or_else(|e| panic!("{e}: {:#?}", pinned_running()));
     let (ok, out) = cli(&members[0], &["down", "-p", &pinned_project]);
@@ -215,24 +209,17 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
         members[..2].iter().all(|n| state_of(&nodes(&rt, n), &members[2].name).as_deref() == Some("alive"))
     })
     .unwrap();
-    wait_for("exactly 3 replicas, once each", Duration::from_secs(40), || {
-        let all: Vec<_> = {
-            let (_, out) = cli(&members[2], &["ps", "-p", &project, "--json"]);
-            serde_json::from_str::<fizz::api::PsResponse>(&out).map(|p| p.replicas).unwrap_or_default()
-        };
-        let numbers: std::collections::BTreeSet<u32> = all.iter().map(|r| r.replica).collect();
-        all.len() == 3 && numbers.len() == 3 && all.iter().all(|r| r.state == Some(fizz::docker::RunState::Running))
-    })
+    wait_for("exactly 3 replicas, once each", Duration::from_secs(40), || settled(&ps_of(&members[2], &project), 3))
     .unwrap_or_else(|e| panic!("{e}: {:#?}", running(&members[2])));
     let (ok, out) = cli(&members[1], &["down", "-p", &project]);
     assert!(ok, "{out}");
 }
 
 /// The running replicas a node reports about itself: replica number → container id.
-fn own_replicas(ps: &fizz::api::PsResponse, node: &str) -> BTreeMap<u32, String> {
+fn own_replicas(ps: &PsResponse, node: &str) -> BTreeMap<u32, String> {
     ps.replicas
         .iter()
-        .filter(|r| r.node == node && r.state == Some(fizz::docker::RunState::Running))
+        .filter(|r| r.node == node && r.state == Some(RunState::Running))
         .map(|r| (r.replica, r.container_id.clone().unwrap_or_default()))
         .collect()
 }
@@ -242,7 +229,7 @@ fn a_minority_starts_nothing_and_restarting_every_agent_recreates_nothing() {
     require_docker!();
     let tag = unique("P");
     let lan = Ipv4Addr::new(10, 94, (std::process::id() % 250) as u8, 0);
-    let cluster = Cluster(Layout::isolated(&tag, lan));
+    let cluster = DevCluster(Layout::isolated(&tag, lan));
     let fizz = fizz_bin().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let members = dev::up(&cluster.0, 3, &fizz).unwrap();
@@ -252,34 +239,23 @@ fn a_minority_starts_nothing_and_restarting_every_agent_recreates_nothing() {
     };
     wait_for("3 alive members everywhere", Duration::from_secs(15), alive_everywhere).unwrap();
 
-    let dir = cluster.0.run_dir.parent().unwrap().join("compose");
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("compose.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "services:\n  app:\n    image: {}\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: 3\n",
-            fizz_tests::BUSYBOX_IMAGE
-        ),
-    )
-    .unwrap();
+    let file = cluster
+        .file(
+            "app.yaml",
+            &format!(
+                "services:\n  app:\n    image: {}\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: 3\n",
+                fizz_tests::BUSYBOX_IMAGE
+            ),
+        )
+        .unwrap();
     let project = tag.to_lowercase();
-    let ps = |n: &dev::DevNode| -> fizz::api::PsResponse {
+    let ps = |n: &DevNode| -> PsResponse {
         rt.block_on(Client::new(&n.socket).call::<(), _>(Method::GET, &format!("/v1/ps?project={project}"), None))
             .unwrap_or_default()
     };
-    let out = std::process::Command::new(&fizz)
-        .arg("--socket")
-        .arg(&members[0].socket)
-        .args(["up", "-f", file.to_str().unwrap(), "-p", &project, "--timeout", "60"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let settled = |n: &dev::DevNode| {
-        let p = ps(n);
-        let numbers: BTreeSet<u32> = p.replicas.iter().map(|r| r.replica).collect();
-        p.replicas.len() == 3 && numbers.len() == 3 && p.replicas.iter().all(|r| r.state == Some(fizz::docker::RunState::Running))
-    };
+    let (ok, out) = cli(&fizz, &members[0], &["up", "-f", file.to_str().unwrap(), "-p", &project, "--timeout", "60"]);
+    assert!(ok, "{out}");
+    let settled = |n: &DevNode| settled(&ps(n), 3);
     wait_for("3 replicas running", Duration::from_secs(30), || settled(&members[0])).unwrap();
     let before: Vec<BTreeMap<u32, String>> = members.iter().map(|n| own_replicas(&ps(n), &n.name)).collect();
     assert!(before.iter().all(|r| r.len() == 1), "one replica per node: {before:?}");
@@ -324,7 +300,7 @@ fn a_minority_starts_nothing_and_restarting_every_agent_recreates_nothing() {
     let survivors = [members[0].name.clone(), members[1].name.clone()];
     wait_for("the majority runs 3 replicas", Duration::from_secs(30), || {
         let p = ps(n1);
-        let running: Vec<_> = p.replicas.iter().filter(|r| r.state == Some(fizz::docker::RunState::Running)).collect();
+        let running: Vec<_> = p.replicas.iter().filter(|r| r.state == Some(RunState::Running)).collect();
         running.len() == 3 && running.iter().all(|r| survivors.contains(&r.node))
     })
     .unwrap_or_else(|e| panic!("{e}: {:#?}", ps(n1)));
