@@ -67,8 +67,6 @@ enum Event {
     Docker,
     /// The engine went away.
     DockerLost(String),
-    /// Entries a peer had that this node lacked (from anti-entropy).
-    Merge(Batch),
 }
 
 struct Agent {
@@ -78,11 +76,11 @@ struct Agent {
     desired: BTreeMap<String, ProjectPlan>,
     /// What the sync server answers peers from, published after every change.
     snapshot: watch::Sender<Arc<Snapshot>>,
-    /// Entries peers push, for the sync server to hand over (its sender).
+    /// Entries from peers, for the loop to merge (its sender): what the sync server is
+    /// pushed, and what anti-entropy brings back.
     incoming: mpsc::Sender<Incoming>,
     /// The sync server and its key, once in a cluster.
     sync: Option<(crate::gossip::crypto::Key, tokio::task::JoinHandle<()>)>,
-    events: mpsc::Sender<Event>,
     /// The last placement, and what the other live nodes run.
     placement: Placement,
     remote: Vec<(String, ReplicaReport)>,
@@ -151,7 +149,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let docker = connect_docker().await;
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(256);
-    tokio::spawn(watch_docker(docker.clone(), cfg.node.clone(), ev_tx.clone()));
+    tokio::spawn(watch_docker(docker.clone(), cfg.node.clone(), ev_tx));
 
     let router = api::server::router(cmd_tx, docker.clone());
     let socket = cfg.socket.clone();
@@ -170,7 +168,6 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         snapshot,
         incoming,
         sync: None,
-        events: ev_tx,
         placement: Placement::default(),
         remote: Vec::new(),
         quorum: BTreeSet::new(),
@@ -255,10 +252,6 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                     }
                     agent.docker_ok = false;
                 }
-                Event::Merge(batch) => match agent.absorb(batch) {
-                    Ok(changed) => dirty |= changed,
-                    Err(e) => eprintln!("fizz agent: storing a peer's entries: {e}"),
-                },
             },
             _ = tick.tick() => {
                 dirty = true;

@@ -84,11 +84,13 @@ impl Agent {
         self.peers_seen = names;
         let ours = self.snapshot.borrow().clone();
         for addr in pick {
-            let (key, ours, events) = (key.clone(), ours.clone(), self.events.clone());
+            let (key, ours, incoming) = (key.clone(), ours.clone(), self.incoming.clone());
             tokio::spawn(async move {
                 match state_sync::exchange(addr, &key, ours).await {
                     Ok(batch) if !batch.is_empty() => {
-                        let _ = events.send(Event::Merge(batch)).await;
+                        // Merged like a push; nobody waits for it to be stored.
+                        let (done, _) = tokio::sync::oneshot::channel();
+                        let _ = incoming.send(Incoming { batch, done }).await;
                     }
                     Ok(_) => {}
                     Err(e) => eprintln!("fizz agent: {e}"),
