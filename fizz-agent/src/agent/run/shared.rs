@@ -78,9 +78,11 @@ impl Agent {
         let mut pick: Vec<SocketAddr> = peers.iter().filter(|(n, _)| !self.peers_seen.contains(n)).map(|(_, a)| *a).collect();
         if !peers.is_empty() {
             let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-            pick.push(peers[nanos as usize % peers.len()].1);
+            let random = peers[nanos as usize % peers.len()].1;
+            if !pick.contains(&random) {
+                pick.push(random);
+            }
         }
-        pick.dedup();
         self.peers_seen = names;
         let ours = self.snapshot.borrow().clone();
         for addr in pick {
