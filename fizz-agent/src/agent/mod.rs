@@ -9,6 +9,7 @@ pub mod ipam;
 pub mod placement;
 pub mod plan;
 pub mod reconcile;
+pub mod rollout;
 pub mod translate;
 mod run;
 

@@ -3,11 +3,7 @@
 //! Compose project by `compose` → `plan` translation (`from_compose`), stored
 //! as the desired state, and compared with what runs by `reconcile`.
 
-use std::{
-    collections::BTreeMap,
-    hash::{Hash as _, Hasher as _},
-    net::Ipv4Addr,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +38,63 @@ pub struct ServicePlan {
     /// Where its replicas may run (`deploy.mode`, `deploy.placement`, reservations).
     #[serde(default)]
     pub placement: PlacementSpec,
+    /// How its replicas are replaced when it changes (`deploy.update_config`).
+    #[serde(default)]
+    pub update: UpdatePolicy,
+    /// How they are replaced when a failed update is rolled back (`deploy.rollback_config`).
+    #[serde(default)]
+    pub rollback: UpdatePolicy,
+}
+
+/// How a changed service's replicas are replaced, from `deploy.update_config` (or
+/// `rollback_config`). The defaults are Swarm's: one at a time, old stopped first, each new
+/// replica watched 5 s, pause on failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpdatePolicy {
+    /// Replicas being replaced at once, cluster-wide (0: all at once).
+    pub parallelism: u32,
+    /// The wait after a new replica is done before the next one is replaced, in ms.
+    pub delay_ms: u64,
+    /// How long a new replica must stay ready before it counts as done, in ms; a failure
+    /// before then counts against the update.
+    pub monitor_ms: u64,
+    pub order: UpdateOrder,
+    pub failure_action: FailureAction,
+    /// The failures tolerated, in thousandths of the service's replicas.
+    pub max_failure_permille: u32,
+}
+
+impl Default for UpdatePolicy {
+    fn default() -> Self {
+        UpdatePolicy {
+            parallelism: 1,
+            delay_ms: 0,
+            monitor_ms: 5_000,
+            order: UpdateOrder::StopFirst,
+            failure_action: FailureAction::Pause,
+            max_failure_permille: 0,
+        }
+    }
+}
+
+/// `order`: whether the old replica stops before its replacement starts, or after it is ready.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    #[default]
+    StopFirst,
+    StartFirst,
+}
+
+/// `failure_action`: what an update does when more replicas fail than it tolerates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Continue,
+    Rollback,
 }
 
 /// What placement needs of a service, from its `deploy` section.
@@ -89,11 +142,11 @@ pub enum Condition {
 impl ServicePlan {
     /// A hash of everything that, when changed, means the replicas must be
     /// recreated (the template, and what the network gives the container).
+    /// Nodes compare it across the cluster, so it is the stable hash.
     pub fn config_hash(&self) -> String {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_string(&self.template).unwrap_or_default().hash(&mut h);
-        serde_json::to_string(&self.networks).unwrap_or_default().hash(&mut h);
-        format!("{:016x}", h.finish())
+        let template = serde_json::to_string(&self.template).unwrap_or_default();
+        let networks = serde_json::to_string(&self.networks).unwrap_or_default();
+        format!("{:016x}", crate::hash::stable_hash(&[template.as_bytes(), networks.as_bytes()]))
     }
 }
 

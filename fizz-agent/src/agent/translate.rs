@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::{
     placement::Constraint,
-    plan::{Condition, Dependency, PlacementSpec, ProjectPlan, ServicePlan, ServicePort},
+    plan::{Condition, Dependency, FailureAction, PlacementSpec, ProjectPlan, ServicePlan, ServicePort, UpdateOrder, UpdatePolicy},
 };
 use crate::{
     compose::model::{self as cm, MountType, Protocol},
@@ -43,6 +43,33 @@ fn restart_policy(service: &str, s: &cm::Service) -> Result<RestartPolicy, Trans
         Some("unless-stopped") => Ok(RestartPolicy::UnlessStopped),
         Some(other) => Err(TranslateError::Restart { service: service.to_string(), value: other.to_string() }),
     }
+}
+
+/// `deploy.update_config` / `rollback_config` (validated by the loader), over Swarm's defaults.
+fn update_policy(c: Option<&cm::UpdateConfig>) -> UpdatePolicy {
+    let mut p = UpdatePolicy::default();
+    let Some(c) = c else { return p };
+    if let Some(n) = c.parallelism {
+        p.parallelism = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    if let Some(d) = c.delay {
+        p.delay_ms = d.as_millis() as u64;
+    }
+    if let Some(d) = c.monitor {
+        p.monitor_ms = d.as_millis() as u64;
+    }
+    if c.order.as_deref() == Some("start-first") {
+        p.order = UpdateOrder::StartFirst;
+    }
+    p.failure_action = match c.failure_action.as_deref() {
+        Some("continue") => FailureAction::Continue,
+        Some("rollback") => FailureAction::Rollback,
+        _ => FailureAction::Pause,
+    };
+    if let Some(r) = c.max_failure_ratio {
+        p.max_failure_permille = (r.clamp(0.0, 1.0) * 1000.0).round() as u32;
+    }
+    p
 }
 
 fn healthcheck(h: &Option<cm::Healthcheck>) -> Option<Healthcheck> {
@@ -127,7 +154,6 @@ pub fn project_plan(p: &cm::Project) -> Result<(ProjectPlan, Vec<String>), Trans
             ("shm_size", s.shm_size.is_some()),
             ("logging", s.logging.is_some()),
             ("group_add", !s.group_add.is_empty()),
-            ("deploy.update_config", s.deploy.update_config.is_some()),
         ] {
             if set {
                 warn(name, key, "not supported by Fizz yet, ignored");
@@ -231,6 +257,8 @@ pub fn project_plan(p: &cm::Project) -> Result<(ProjectPlan, Vec<String>), Trans
                 vip: None,
                 has_healthcheck,
                 placement,
+                update: update_policy(s.deploy.update_config.as_ref()),
+                rollback: update_policy(s.deploy.rollback_config.as_ref()),
             },
         );
     }

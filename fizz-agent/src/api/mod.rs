@@ -75,6 +75,44 @@ pub struct PsResponse {
     pub replicas: Vec<Replica>,
     /// Projects deployed (even with no replica running).
     pub projects: Vec<String>,
+    /// The rolling updates of their services.
+    #[serde(default)]
+    pub updates: Vec<UpdateStatus>,
+}
+
+/// Where the rolling update of one service stands.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpdateStatus {
+    pub project: String,
+    pub service: String,
+    pub phase: UpdatePhase,
+    /// Why it paused or rolled back.
+    pub why: Option<String>,
+    /// Replicas running the definition being rolled out, settled, of all.
+    pub updated: usize,
+    pub total: usize,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdatePhase {
+    Updating,
+    Done,
+    Paused,
+    RollingBack,
+    RolledBack,
+}
+
+impl std::fmt::Display for UpdatePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpdatePhase::Updating => "updating",
+            UpdatePhase::Done => "done",
+            UpdatePhase::Paused => "paused",
+            UpdatePhase::RollingBack => "rolling back",
+            UpdatePhase::RolledBack => "rolled back",
+        })
+    }
 }
 
 /// `POST /v1/exec`.

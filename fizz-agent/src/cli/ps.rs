@@ -4,7 +4,7 @@ use anyhow::Result;
 use comfy_table::{presets::NOTHING, Table};
 use hyper::Method;
 
-use crate::api::{client::Client, PsResponse};
+use crate::api::{client::Client, PsResponse, UpdatePhase, UpdateStatus};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -34,7 +34,22 @@ pub fn render(ps: &PsResponse) -> String {
             r.note.clone().unwrap_or_default(),
         ]);
     }
-    format!("{t}\n")
+    let mut out = format!("{t}\n");
+    for u in ps.updates.iter().filter(|u| u.phase != UpdatePhase::Done) {
+        out.push_str(&update_line(u));
+        out.push('\n');
+    }
+    out
+}
+
+/// One line for a service's rolling update.
+pub fn update_line(u: &UpdateStatus) -> String {
+    let why = u.why.as_ref().map(|w| format!(": {w}")).unwrap_or_default();
+    let count = match u.phase {
+        UpdatePhase::Done | UpdatePhase::RolledBack => String::new(),
+        _ => format!(" ({}/{} replicas updated)", u.updated, u.total),
+    };
+    format!("update {}/{}: {}{count}{why}", u.project, u.service, u.phase)
 }
 
 pub async fn run(args: Args, client: &Client) -> Result<()> {

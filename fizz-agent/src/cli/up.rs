@@ -1,8 +1,9 @@
 //! `fizz up`: deploys a Compose project and shows progress until every
-//! replica runs (and, with `--wait`, is healthy).
+//! replica runs (and, with `--wait`, is healthy), and every changed service's rolling update
+//! is done. An update that pauses or rolls back fails the command, saying why.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -12,7 +13,8 @@ use hyper::Method;
 use super::compose_args::ComposeArgs;
 use crate::{
     agent::translate,
-    api::{client::Client, PsResponse, Replica, UpRequest, UpResponse},
+    api::{client::Client, PsResponse, Replica, UpRequest, UpResponse, UpdatePhase, UpdateStatus},
+    cli::ps::update_line,
     docker::{Health, RunState},
 };
 
@@ -76,18 +78,39 @@ pub async fn run(args: Args, client: &Client) -> Result<()> {
     if args.detach {
         return Ok(());
     }
+    // Each replica's last status, by name and node (during an update two containers of one
+    // replica may run: the new one is shown once it differs from both).
     let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let mut shown: BTreeSet<String> = BTreeSet::new();
     let deadline = started + Duration::from_secs(args.timeout);
     loop {
         let ps: PsResponse = client.call::<(), _>(Method::GET, &format!("/v1/ps?project={name}"), None).await?;
         for r in &ps.replicas {
             let s = status(r);
-            if last.get(&r.name) != Some(&s) {
-                println!("  {:<32} {s}", r.name);
-                last.insert(r.name.clone(), s);
+            let line = format!("  {:<32} {s}", r.name);
+            if shown.insert(format!("{line} {} {:?}", r.node, r.container_id)) && last.get(&r.name) != Some(&line) {
+                println!("{line}");
+                last.insert(r.name.clone(), line);
             }
         }
-        if !ps.replicas.is_empty() && ps.replicas.iter().all(|r| done(r, args.wait)) {
+        for u in &ps.updates {
+            let line = update_line(u);
+            if last.get(&format!("update {}", u.service)) != Some(&line) {
+                println!("  {line}");
+                last.insert(format!("update {}", u.service), line);
+            }
+        }
+        // A rollback of an earlier update of a service this `up` did not change is old news.
+        let failed = |u: &&UpdateStatus| match u.phase {
+            UpdatePhase::Paused => true,
+            UpdatePhase::RolledBack => up.changed.contains(&u.service),
+            _ => false,
+        };
+        if let Some(u) = ps.updates.iter().find(failed) {
+            bail!("the update of {}/{} {}: {}", u.project, u.service, u.phase, u.why.as_deref().unwrap_or("no reason recorded"));
+        }
+        let updating = ps.updates.iter().any(|u| matches!(u.phase, UpdatePhase::Updating | UpdatePhase::RollingBack));
+        if !updating && !ps.replicas.is_empty() && ps.replicas.iter().all(|r| done(r, args.wait)) {
             let failed: Vec<&Replica> = ps.replicas.iter().filter(|r| r.state == Some(RunState::Exited)).collect();
             println!("project {name}: {} replicas up in {:.1}s", ps.replicas.len() - failed.len(), started.elapsed().as_secs_f64());
             return Ok(());

@@ -232,6 +232,15 @@ impl Docker {
         }
     }
 
+    /// Renames a container (a replica's name is freed for its replacement).
+    pub async fn rename(&self, id: &str, to: &str) -> Result<(), DockerError> {
+        let opts = bollard::query_parameters::RenameContainerOptions { name: to.to_string() };
+        self.api
+            .rename_container(id, opts)
+            .await
+            .map_err(|source| DockerError::Container { name: id.to_string(), what: "renaming", source })
+    }
+
     /// Removes a named volume; a missing one is not an error.
     pub async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
         match self.api.remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {

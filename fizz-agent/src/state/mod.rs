@@ -13,6 +13,7 @@
 //! | `node/<n>` | [`NodeRecord`] | node `n`, when it starts |
 //! | `labels/<n>` | labels | `fizz node label` on any node |
 //! | `report/<n>` | [`NodeReport`] | node `n`, when what it runs changes |
+//! | `rollout/<p>/<s>` | [`Rollout`] | `fizz up` of a changed service; its outcome by any node |
 //!
 //! A batch written by one command carries one stamp, so every node applies it whole. This
 //! module only holds and merges; the agent's loop decides what to write and when.
@@ -62,6 +63,34 @@ pub struct ReplicaReport {
     pub ready: bool,
     /// The container's config hash (its service definition).
     pub config_hash: String,
+    /// It failed while a rolling update watched it (exited, crashed, unhealthy).
+    #[serde(default)]
+    pub failed: bool,
+}
+
+/// The rolling update of a changed service: where it goes, where it came from, how it went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// The config hash being rolled out.
+    pub to: String,
+    /// The definition it replaces, which a rollback returns to (none while rolling back).
+    pub previous: Option<Box<ServicePlan>>,
+    pub phase: Phase,
+}
+
+/// Where a rolling update stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "phase", content = "why")]
+pub enum Phase {
+    Updating,
+    /// Every replica runs the new definition.
+    Done,
+    /// Too many new replicas failed: no more are replaced until the next `fizz up`.
+    Paused(String),
+    /// Too many failed: the previous definition is being put back.
+    RollingBack(String),
+    /// The previous definition is back everywhere.
+    RolledBack(String),
 }
 
 /// Everything a node runs.
@@ -80,6 +109,7 @@ pub enum Value {
     Node(NodeRecord),
     Labels(BTreeMap<String, String>),
     Report(NodeReport),
+    Rollout(Rollout),
 }
 
 /// A change to write: a key and its new value (`None` deletes).
@@ -105,6 +135,9 @@ pub fn labels_key(n: &str) -> String {
 }
 pub fn report_key(n: &str) -> String {
     format!("report/{n}")
+}
+pub fn rollout_key(p: &str, s: &str) -> String {
+    format!("rollout/{p}/{s}")
 }
 
 /// How far ahead of this node's clock a peer's stamp may be before the clock refuses to follow
@@ -200,6 +233,20 @@ impl State {
             .collect()
     }
 
+    /// The rolling update of every service that had one, by (project, service).
+    pub fn rollouts(&self) -> BTreeMap<(String, String), Rollout> {
+        self.map
+            .live("rollout/")
+            .filter_map(|(k, v)| {
+                let (p, s) = k["rollout/".len()..].split_once('/')?;
+                match v {
+                    Value::Rollout(r) => Some(((p.to_string(), s.to_string()), r.clone())),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
     /// Every node's record and labels.
     pub fn nodes(&self) -> BTreeMap<String, (Option<NodeRecord>, BTreeMap<String, String>)> {
         let mut out: BTreeMap<String, (Option<NodeRecord>, BTreeMap<String, String>)> = BTreeMap::new();
@@ -229,6 +276,7 @@ fn valid(key: &str, e: &Entry<Value>) -> bool {
             | ("node", Value::Node(_))
             | ("labels", Value::Labels(_))
             | ("report", Value::Report(_))
+            | ("rollout", Value::Rollout(_))
     )
 }
 
@@ -266,9 +314,25 @@ pub fn up_changes(map: &Lww<Value>, p: ProjectPlan) -> Vec<Change> {
         if !p.services.contains_key(sname) {
             changes.push((k.to_string(), None));
             changes.push((scale_key(&p.name, sname), None));
+            changes.push((rollout_key(&p.name, sname), None));
         }
     }
     for (sname, svc) in p.services {
+        let key = rollout_key(&p.name, &sname);
+        let rollout = match (map.get(&service_key(&p.name, &sname)), map.get(&key)) {
+            // A changed service is rolled out, and can be rolled back to what it was.
+            (Some(Value::Service(old)), _) if old.config_hash() != svc.config_hash() => {
+                Some(Rollout { to: svc.config_hash(), previous: Some(old.clone()), phase: Phase::Updating })
+            }
+            // The same definition again resumes a paused update.
+            (_, Some(Value::Rollout(r))) if r.to == svc.config_hash() && matches!(r.phase, Phase::Paused(_)) => {
+                Some(Rollout { phase: Phase::Updating, ..r.clone() })
+            }
+            _ => None,
+        };
+        if let Some(r) = rollout {
+            changes.push((key, Some(Value::Rollout(r))));
+        }
         changes.push((scale_key(&p.name, &sname), Some(Value::Scale(svc.replicas))));
         changes.push((service_key(&p.name, &sname), Some(Value::Service(Box::new(svc)))));
     }
@@ -278,7 +342,7 @@ pub fn up_changes(map: &Lww<Value>, p: ProjectPlan) -> Vec<Change> {
 /// The changes that remove project `p` (deletes for all its keys).
 pub fn down_changes(map: &Lww<Value>, p: &str) -> Vec<Change> {
     let mut changes = vec![(project_key(p), None)];
-    for prefix in [format!("service/{p}/"), format!("scale/{p}/")] {
+    for prefix in [format!("service/{p}/"), format!("scale/{p}/"), format!("rollout/{p}/")] {
         changes.extend(map.live(&prefix).map(|(k, _)| (k.to_string(), None)));
     }
     changes
@@ -332,6 +396,32 @@ mod tests {
         drop(s);
         let s = State::open(&d).unwrap();
         assert_eq!(s.projects(), before);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_changed_service_gets_a_rollout_that_remembers_what_it_replaces() {
+        let d = dir("rollout");
+        let mut s = State::open(&d).unwrap();
+        let v1 = project("app", &[("web", 2), ("db", 1)]);
+        s.write(up_changes(s.map(), v1.clone())).unwrap();
+        assert!(s.rollouts().is_empty(), "a first deploy is no update");
+        let mut v2 = v1.clone();
+        v2.services.get_mut("web").unwrap().template.image = "web:2".into();
+        s.write(up_changes(s.map(), v2.clone())).unwrap();
+        let r = &s.rollouts()[&("app".to_string(), "web".to_string())];
+        assert_eq!(r.to, v2.services["web"].config_hash());
+        assert_eq!(r.previous.as_deref(), Some(&v1.services["web"]));
+        assert_eq!((r.phase.clone(), s.rollouts().len()), (Phase::Updating, 1), "db did not change");
+        // Paused, the same definition again resumes it; an `up` of nothing new writes none.
+        let paused = Rollout { phase: Phase::Paused("replica 1 exited".into()), ..r.clone() };
+        s.write(vec![(rollout_key("app", "web"), Some(Value::Rollout(paused)))]).unwrap();
+        s.write(up_changes(s.map(), v2.clone())).unwrap();
+        assert_eq!(s.rollouts()[&("app".to_string(), "web".to_string())].phase, Phase::Updating);
+        let again = up_changes(s.map(), v2);
+        assert!(again.iter().all(|(k, _)| !k.starts_with("rollout/")));
+        s.write(down_changes(s.map(), "app")).unwrap();
+        assert!(s.rollouts().is_empty() && s.projects().is_empty());
         std::fs::remove_dir_all(&d).unwrap();
     }
 

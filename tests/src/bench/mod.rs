@@ -14,4 +14,5 @@ pub mod report;
 pub mod servers;
 pub mod topology;
 pub mod up;
+pub mod update;
 pub mod vip;

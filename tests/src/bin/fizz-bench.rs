@@ -38,6 +38,10 @@ enum Bench {
     /// A local 3-node cluster: `fizz up` reaching every node, a node's agent
     /// killed → its replicas running on the others, and its return.
     Failover(bench::failover::Options),
+    /// A local 3-node cluster: a service updated under load, rolling
+    /// start-first, rolling stop-first and all at once; time and requests
+    /// answered.
+    Update(bench::update::Options),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Bench::Gossip(opts) => bench::gossip::run(&opts),
         Bench::Placement(opts) => bench::placement::run(&opts),
         Bench::Failover(opts) => bench::failover::run(&opts),
+        Bench::Update(opts) => bench::update::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

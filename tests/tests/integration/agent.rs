@@ -110,7 +110,7 @@ fn deploys_survives_agent_restarts_under_traffic_and_downs_cleanly() {
     let after = wait_running(&rt, &agent, 2);
     let ids_after: Vec<_> = after.replicas.iter().map(|r| r.container_id.clone()).collect();
     assert_eq!(ids, ids_after, "the restarted agent adopted the containers, recreating nothing");
-    let backend_if = fizz::agent::host_if_name(&node.name, &after.replicas[0].name);
+    let backend_if = fizz::agent::host_if_name(&node.name, after.replicas[0].container_id.as_deref().unwrap());
     let progs = node
         .ns
         .run(|| aya::programs::SchedClassifier::query_tcx(&backend_if, aya::programs::TcAttachType::Ingress))

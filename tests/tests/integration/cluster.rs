@@ -314,3 +314,147 @@ fn a_minority_starts_nothing_and_restarting_every_agent_recreates_nothing() {
     wait_for("exactly 3 replicas, once each, on every node's view", Duration::from_secs(40), || members.iter().all(settled))
         .unwrap_or_else(|e| panic!("{e}: {:#?}", members.iter().map(ps).collect::<Vec<_>>()));
 }
+
+/// A `web` service of three replicas answering with `version`, checked healthy, updated by
+/// `order` and rolled back to its previous definition when an update fails.
+fn versioned_web(version: &str, command: &str, order: &str) -> String {
+    format!(
+        r#"services:
+  web:
+    image: {image}
+    environment:
+      VERSION: {version}
+    command: ["sh", "-c", "{command}"]
+    stop_grace_period: 1s
+    healthcheck:
+      test: ["CMD", "wget", "-qO", "/dev/null", "http://127.0.0.1:8080/"]
+      interval: 1s
+      timeout: 1s
+      retries: 2
+    deploy:
+      replicas: 3
+      update_config:
+        parallelism: 1
+        monitor: 2s
+        order: {order}
+        failure_action: rollback
+      rollback_config:
+        monitor: 1s
+  client:
+    image: {image}
+    command: ["sleep", "3600"]
+    stop_grace_period: 1s
+    deploy:
+      mode: global
+"#,
+        image = fizz_tests::BUSYBOX_IMAGE
+    )
+}
+
+const SERVE: &str = "mkdir -p /www && echo $$VERSION > /www/index.html && exec httpd -f -p 8080 -h /www";
+
+#[test]
+fn a_rolling_update_keeps_the_vip_answering_and_a_failing_one_rolls_back() {
+    require_docker!();
+    let tag = unique("U");
+    let lan = Ipv4Addr::new(10, 93, (std::process::id() % 250) as u8, 0);
+    let cluster = DevCluster(Layout::isolated(&tag, lan));
+    let fizz = fizz_bin().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let members = dev::up(&cluster.0, 3, &fizz).unwrap();
+    dev::form_cluster(&cluster.0, &members).unwrap();
+    wait_for("3 alive members everywhere", Duration::from_secs(15), || {
+        members.iter().all(|n| nodes(&rt, n).nodes.iter().filter(|m| m.state == "alive").count() == 3)
+    })
+    .unwrap();
+    let project = tag.to_lowercase();
+    let n1 = &members[0];
+    let up = |name: &str, text: &str| {
+        let file = cluster.file(name, text).unwrap();
+        cli(&fizz, n1, &["up", "-f", file.to_str().unwrap(), "-p", &project, "--timeout", "90"])
+    };
+    let (ok, out) = up("v1.yaml", &versioned_web("v1", SERVE, "start-first"));
+    assert!(ok, "{out}");
+    let ps = || -> PsResponse {
+        rt.block_on(Client::new(&n1.socket).call::<(), _>(Method::GET, &format!("/v1/ps?project={project}"), None)).unwrap_or_default()
+    };
+    let web_spread = || {
+        let p = ps();
+        let web: Vec<_> = p.replicas.iter().filter(|r| r.service == "web" && r.state == Some(RunState::Running)).collect();
+        web.len() == 3 && web.iter().map(|r| &r.node).collect::<BTreeSet<_>>().len() == 3
+    };
+    wait_for("web on every node", Duration::from_secs(30), web_spread).unwrap_or_else(|e| panic!("{e}: {:#?}", ps()));
+    let exec = |args: &[&str]| {
+        let mut all = vec!["exec", "-p", project.as_str(), "client", "--"];
+        all.extend_from_slice(args);
+        cli(&fizz, n1, &all)
+    };
+    let versions = || -> BTreeMap<String, usize> {
+        let mut seen = BTreeMap::new();
+        for _ in 0..12 {
+            let (_, out) = exec(&["timeout", "3", "wget", "-qO-", "http://web:8080/"]);
+            *seen.entry(out.trim().to_string()).or_default() += 1;
+        }
+        seen
+    };
+    wait_for("v1 answers through the VIP", Duration::from_secs(20), || versions().keys().all(|v| v == "v1")).unwrap();
+
+    // Load through the VIP by name from node 1's client while the service is updated: fresh
+    // connections, one after the other, until told to stop.
+    let load = std::process::Command::new(&fizz)
+        .arg("--socket")
+        .arg(&n1.socket)
+        .args(["exec", "-p", &project, "client", "--", "sh", "-c"])
+        .arg(
+            "rm -f /tmp/stop; ok=0; fail=0; while [ ! -e /tmp/stop ]; do \
+             if timeout 3 wget -qO /dev/null http://web:8080/ 2>/dev/null; then ok=$((ok+1)); else fail=$((fail+1)); fi; \
+             done; echo ok=$ok fail=$fail",
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Started first, one at a time: the update completes, and `up` waits for it.
+    let (ok, out) = up("v2.yaml", &versioned_web("v2", SERVE, "start-first"));
+    assert!(ok && out.contains("(updated)"), "{out}");
+    eprintln!("{out}");
+    let web_count = || ps().replicas.iter().filter(|r| r.service == "web").count();
+    wait_for("exactly 3 web replicas after the update", Duration::from_secs(20), || web_count() == 3)
+        .unwrap_or_else(|e| panic!("{e}: {:#?}", ps()));
+    let p = ps();
+    let status = p.updates.iter().find(|u| u.service == "web").expect("web's update is recorded");
+    assert_eq!(status.phase, fizz::api::UpdatePhase::Done, "{status:?}");
+    assert_eq!(versions().keys().collect::<Vec<_>>(), vec!["v2"], "every replica serves v2");
+
+    // A definition whose replicas crash, stopped first: the first new replica fails, the
+    // update rolls back, and `up` says so.
+    let crash = "echo $$VERSION; exit 3";
+    let (ok, out) = up("v3.yaml", &versioned_web("v3", crash, "stop-first"));
+    assert!(!ok, "a failing update must fail `up`: {out}");
+    assert!(out.contains("rolled back") && out.contains("exited with code 3"), "{out}");
+    eprintln!("{out}");
+    wait_for("3 v2 replicas again", Duration::from_secs(40), || {
+        let p = ps();
+        p.replicas.iter().filter(|r| r.service == "web" && r.state == Some(RunState::Running)).count() == 3
+            && p.replicas.iter().filter(|r| r.service == "web").count() == 3
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:#?}", ps()));
+    assert_eq!(versions().keys().collect::<Vec<_>>(), vec!["v2"], "the previous definition serves again");
+    let (ok, out) = cli(&fizz, &members[1], &["ps", "-p", &project]);
+    assert!(ok && out.contains("rolled back"), "{out}");
+
+    let (ok, _) = exec(&["touch", "/tmp/stop"]);
+    assert!(ok);
+    let done = load.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&done.stdout).to_string();
+    let count = |key: &str| -> u64 {
+        report.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no {key} in {report:?}"))
+    };
+    let (ok_n, fail_n) = (count("ok="), count("fail="));
+    eprintln!("through the VIP during both updates: {ok_n} answered, {fail_n} failed");
+    assert!(ok_n > 0 && fail_n * 1000 <= ok_n + fail_n, "at least 99.9% answered: {ok_n} ok, {fail_n} failed");
+    let (ok, out) = cli(&fizz, &members[1], &["down", "-p", &project]);
+    assert!(ok, "{out}");
+}

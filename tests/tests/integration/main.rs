@@ -8,4 +8,5 @@ mod cluster;
 mod cross_node;
 mod docker;
 mod prog;
+mod sequence;
 mod vip;

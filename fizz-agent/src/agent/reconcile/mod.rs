@@ -11,7 +11,7 @@ use std::{
 use super::{
     ipam::{self, Cidr},
     placement::Slot,
-    plan::{container_name, Condition, ProjectPlan, ServicePlan, ServicePort},
+    plan::{container_name, Condition, ProjectPlan, ServicePlan, ServicePort, UpdateOrder},
 };
 use crate::{
     state::ReplicaReport,
@@ -59,14 +59,26 @@ pub enum RemoveReason {
 /// One step for the agent to carry out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Take a container out of service (no VIP sends it new flows); it is removed once
+    /// `Share::draining` says it has drained.
+    Drain { id: String, name: String },
     Remove { id: String, name: String, reason: RemoveReason },
+    /// Free a replica's name for its replacement (an update that starts the new one first).
+    Rename { id: String, name: String, to: String },
     Create { id: Identity, addr: Ipv4Addr, spec: Box<ContainerSpec> },
+}
+
+/// Which replicas of a service being updated may be replaced now, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub replicas: BTreeSet<u32>,
+    pub order: UpdateOrder,
 }
 
 /// What `plan` returns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Removals first, then creations in dependency order.
+    /// Drains and removals first, then renames, then creations in dependency order.
     pub actions: Vec<Action>,
     /// Replicas held back, with the reason (a dependency not yet met).
     pub waiting: Vec<(Identity, String)>,
@@ -96,6 +108,11 @@ pub struct Share<'a> {
     /// Placement is unknown (no majority seen yet): keep every replica that runs, for any
     /// placement reason, and start none.
     pub hold: bool,
+    /// The services being updated, by (project, service): which replicas may be replaced
+    /// now. A service not here with an old container replaces it at once.
+    pub updates: &'a BTreeMap<(String, String), Window>,
+    /// Containers being drained, by id: whether they have drained.
+    pub draining: &'a BTreeMap<String, bool>,
 }
 
 impl<'a> Share<'a> {
@@ -189,9 +206,17 @@ fn dependency_order(p: &ProjectPlan) -> Vec<&String> {
     out
 }
 
+/// Whether removing a container for this reason first takes it out of service (so requests
+/// in flight end and peers stop sending new ones before it stops).
+fn drains(reason: RemoveReason) -> bool {
+    !matches!(reason, RemoveReason::NotDesired | RemoveReason::Unlabelled)
+}
+
 /// Compares what should run on this node with what exists: creates the replicas placed here,
 /// removes what is not desired, and a replica placed elsewhere once its new node reports it
-/// ready (so a move never leaves a gap).
+/// ready (so a move never leaves a gap). A changed service's replicas are replaced when
+/// `share.updates` lets them (a rolling update), the old one stopped first or after its
+/// replacement is ready. A container that serves is drained before it is removed.
 pub fn plan(
     ctx: &NodeContext<'_>,
     projects: &BTreeMap<String, ProjectPlan>,
@@ -199,36 +224,96 @@ pub fn plan(
     share: Share<'_>,
 ) -> Plan {
     let mut out = Plan::default();
+    // What serves each replica here (its current container, else the old one kept), for
+    // dependencies; replicas that must not be created now (one runs, or the old one stays).
     let mut kept: BTreeMap<Identity, &ContainerInfo> = BTreeMap::new();
+    let mut occupied: BTreeSet<Identity> = BTreeSet::new();
     let mut used: BTreeSet<Ipv4Addr> = BTreeSet::new();
-
+    let mut groups: BTreeMap<Identity, Vec<(&ContainerInfo, Option<Ipv4Addr>)>> = BTreeMap::new();
     for c in containers {
-        let Some((id, addr)) = identity(c) else {
-            out.actions.push(Action::Remove { id: c.id.clone(), name: c.name.clone(), reason: RemoveReason::Unlabelled });
-            continue;
-        };
+        match identity(c) {
+            Some((id, addr)) => groups.entry(id).or_default().push((c, addr)),
+            None => out.actions.push(Action::Remove { id: c.id.clone(), name: c.name.clone(), reason: RemoveReason::Unlabelled }),
+        }
+    }
+    let mut removals = Vec::new();
+    let mut renames = Vec::new();
+    for (id, group) in groups {
+        let svc = projects.get(&id.project).and_then(|p| p.services.get(&id.service));
         let placed = share.node_of(&id);
-        let reason = match projects.get(&id.project).and_then(|p| p.services.get(&id.service)) {
+        let gone = match svc {
             None => Some(RemoveReason::NotDesired),
             Some(svc) if !svc.placement.global && (id.replica == 0 || id.replica > svc.replicas) => Some(RemoveReason::ScaledDown),
             Some(svc) if svc.placement.global && placed.is_none() && !share.hold => Some(RemoveReason::NotPlaced),
-            Some(svc) if c.labels.get(labels::CONFIG_HASH) != Some(&svc.config_hash()) => Some(RemoveReason::Changed),
-            Some(_) if kept.contains_key(&id) => Some(RemoveReason::Duplicate),
             Some(svc) if !share.hold && placed.is_some_and(|n| n != ctx.node && share.ready_on(n, &id, &svc.config_hash())) => {
                 Some(RemoveReason::Moved)
             }
             Some(_) => None,
         };
-        match reason {
-            Some(reason) => out.actions.push(Action::Remove { id: c.id.clone(), name: c.name.clone(), reason }),
-            None => {
-                if let Some(a) = addr {
-                    used.insert(a);
-                }
-                kept.insert(id, c);
+        let (Some(svc), None) = (svc, gone) else {
+            for (c, addr) in group {
+                removals.push((c, addr, gone.unwrap_or(RemoveReason::NotDesired), svc));
+            }
+            continue;
+        };
+        let hash = svc.config_hash();
+        let (mut current, mut outdated): (Vec<_>, Vec<_>) =
+            group.into_iter().partition(|(c, _)| c.labels.get(labels::CONFIG_HASH) == Some(&hash));
+        // One container of each kind stays, a ready one first.
+        current.sort_by_key(|(c, _)| !ready(svc, c));
+        outdated.sort_by_key(|(c, _)| !ready(svc, c));
+        for (c, addr) in current.drain(1.min(current.len())..).chain(outdated.drain(1.min(outdated.len())..)) {
+            removals.push((c, addr, RemoveReason::Duplicate, Some(svc)));
+        }
+        let keep = current.first().copied();
+        if let Some((c, addr)) = keep {
+            used.extend(addr);
+            kept.insert(id.clone(), c);
+            occupied.insert(id.clone());
+        }
+        let Some((old, addr)) = outdated.first().copied() else { continue };
+        let window = share.updates.get(&(id.project.clone(), id.service.clone()));
+        let turn = !share.hold && window.is_none_or(|w| w.replicas.contains(&id.replica));
+        let start_first = window.is_some_and(|w| w.order == UpdateOrder::StartFirst);
+        let stays = match keep {
+            // Its replacement serves: the old one goes.
+            Some((new, _)) => !ready(svc, new) && start_first,
+            None => !turn || start_first,
+        };
+        if !stays {
+            removals.push((old, addr, RemoveReason::Changed, Some(svc)));
+            continue;
+        }
+        used.extend(addr);
+        kept.entry(id.clone()).or_insert(old);
+        if !(turn && start_first) {
+            // Not its turn: nothing is created in its place yet.
+            occupied.insert(id.clone());
+        } else if keep.is_none() {
+            // Started first: the old container gives its name to the new one.
+            let name = format!("{}{}", container_name(&id.project, &id.service, id.replica), ctx.name_suffix);
+            if old.name == name {
+                let to = format!("{name}-{}", old.id.chars().take(12).collect::<String>());
+                renames.push(Action::Rename { id: old.id.clone(), name, to });
             }
         }
     }
+    for (c, addr, reason, svc) in removals {
+        let drained = share.draining.get(&c.id).copied().unwrap_or(false);
+        if drains(reason) && svc.is_some_and(|svc| ready(svc, c)) && !drained {
+            // Still serving: out of service first, removed on a later pass.
+            out.actions.push(Action::Drain { id: c.id.clone(), name: c.name.clone() });
+            used.extend(addr);
+            if let Some((id, _)) = identity(c) {
+                if reason == RemoveReason::Changed {
+                    occupied.insert(id);
+                }
+            }
+        } else {
+            out.actions.push(Action::Remove { id: c.id.clone(), name: c.name.clone(), reason });
+        }
+    }
+    out.actions.extend(renames);
 
     for (pname, p) in projects {
         for sname in dependency_order(p) {
@@ -267,7 +352,7 @@ pub fn plan(
             let mine = share.of_service(pname, sname).filter(|(_, n)| *n == ctx.node).map(|(r, _)| r);
             for replica in mine {
                 let id = Identity { project: pname.clone(), service: sname.clone(), replica };
-                if kept.contains_key(&id) {
+                if occupied.contains(&id) {
                     continue;
                 }
                 if let Some(why) = &blocked {

@@ -26,7 +26,7 @@ fn svc(replicas: u32, deps: &[(&str, Condition)], health: bool) -> ServicePlan {
         networks: BTreeMap::new(),
         vip: Some(Ipv4Addr::new(10, 43, 0, replicas as u8)),
         has_healthcheck: health,
-        placement: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -59,7 +59,9 @@ fn render(p: &Plan) -> Vec<String> {
     let mut out = Vec::new();
     for a in &p.actions {
         out.push(match a {
+            Action::Drain { name, .. } => format!("drain {name}"),
             Action::Remove { name, reason, .. } => format!("remove {name} {reason:?}"),
+            Action::Rename { name, to, .. } => format!("rename {name} {to}"),
             Action::Create { spec, addr, .. } => format!("create {} {addr}", spec.name),
         });
     }
@@ -82,9 +84,23 @@ fn all_on(projects: &BTreeMap<String, ProjectPlan>, node: &str) -> BTreeMap<Slot
     out
 }
 
+static NO_UPDATES: BTreeMap<(String, String), Window> = BTreeMap::new();
+static NONE_DRAINING: BTreeMap<String, bool> = BTreeMap::new();
+
+fn share<'a>(placed: &'a BTreeMap<Slot, String>, remote: &'a [(String, ReplicaReport)], hold: bool) -> Share<'a> {
+    Share { placed, remote, hold, updates: &NO_UPDATES, draining: &NONE_DRAINING }
+}
+
 fn check(projects: &BTreeMap<String, ProjectPlan>, containers: &[ContainerInfo], expect: &[&str]) {
     let placed = all_on(projects, "n1");
-    check_shared(projects, containers, Share { placed: &placed, remote: &[], hold: false }, expect);
+    check_shared(projects, containers, share(&placed, &[], false), expect);
+}
+
+/// As `check`, with every container already drained.
+fn check_drained(projects: &BTreeMap<String, ProjectPlan>, containers: &[ContainerInfo], expect: &[&str]) {
+    let placed = all_on(projects, "n1");
+    let drained: BTreeMap<String, bool> = containers.iter().map(|c| (c.id.clone(), true)).collect();
+    check_shared(projects, containers, Share { draining: &drained, ..share(&placed, &[], false) }, expect);
 }
 
 fn check_shared(projects: &BTreeMap<String, ProjectPlan>, containers: &[ContainerInfo], share: Share<'_>, expect: &[&str]) {
@@ -104,6 +120,7 @@ fn reported(projects: &BTreeMap<String, ProjectPlan>, node: &str, service: &str,
         exit_code: None,
         ready,
         config_hash: projects["app"].services[service].config_hash(),
+        failed: false,
     };
     (node.to_string(), r)
 }
@@ -113,20 +130,22 @@ fn only_the_replicas_placed_here_are_created_and_a_move_waits_for_its_new_node()
     let ps = project(vec![("web", svc(3, &[], false))]);
     let mut placed = all_on(&ps, "n1");
     placed.insert(Slot { project: "app".into(), service: "web".into(), replica: 2 }, "n2".into());
-    check_shared(&ps, &[], Share { placed: &placed, remote: &[], hold: false }, &["create app-web-1 10.42.0.2", "create app-web-3 10.42.0.3"]);
+    check_shared(&ps, &[], share(&placed, &[], false), &["create app-web-1 10.42.0.2", "create app-web-3 10.42.0.3"]);
     // web-2 runs here but is placed on n2: kept until n2 reports it ready.
     let cs: Vec<_> = (1..=3).map(|r| running(&ps, "web", r, 1 + r as u8, None)).collect();
-    check_shared(&ps, &cs, Share { placed: &placed, remote: &[], hold: false }, &[]);
+    check_shared(&ps, &cs, share(&placed, &[], false), &[]);
     let starting = [reported(&ps, "n2", "web", 2, 9, false)];
-    check_shared(&ps, &cs, Share { placed: &placed, remote: &starting, hold: false }, &[]);
+    check_shared(&ps, &cs, share(&placed, &starting, false), &[]);
     let elsewhere = [reported(&ps, "n3", "web", 2, 9, true)];
-    check_shared(&ps, &cs, Share { placed: &placed, remote: &elsewhere, hold: false }, &[]);
+    check_shared(&ps, &cs, share(&placed, &elsewhere, false), &[]);
     let ready = [reported(&ps, "n2", "web", 2, 9, true)];
-    check_shared(&ps, &cs, Share { placed: &placed, remote: &ready, hold: false }, &["remove app-web-2 Moved"]);
+    check_shared(&ps, &cs, share(&placed, &ready, false), &["drain app-web-2"]);
+    let drained = [("web2".to_string(), true)].into();
+    check_shared(&ps, &cs, Share { draining: &drained, ..share(&placed, &ready, false) }, &["remove app-web-2 Moved"]);
     // Holding (no majority seen yet): nothing moves and nothing starts.
     let none = BTreeMap::new();
-    check_shared(&ps, &cs, Share { placed: &none, remote: &ready, hold: true }, &[]);
-    check_shared(&ps, &[], Share { placed: &none, remote: &[], hold: true }, &[]);
+    check_shared(&ps, &cs, share(&none, &ready, true), &[]);
+    check_shared(&ps, &[], share(&none, &[], true), &[]);
 }
 
 #[test]
@@ -136,9 +155,9 @@ fn dependencies_and_backends_count_every_nodes_replicas() {
     placed.insert(Slot { project: "app".into(), service: "db".into(), replica: 2 }, "n2".into());
     let db1 = running(&ps, "db", 1, 2, Some(Health::Healthy));
     let starting = [reported(&ps, "n2", "db", 2, 9, false)];
-    check_shared(&ps, std::slice::from_ref(&db1), Share { placed: &placed, remote: &starting, hold: false }, &["wait web-1 waiting for db to be healthy"]);
+    check_shared(&ps, std::slice::from_ref(&db1), share(&placed, &starting, false), &["wait web-1 waiting for db to be healthy"]);
     let ready = [reported(&ps, "n2", "db", 2, 9, true)];
-    check_shared(&ps, std::slice::from_ref(&db1), Share { placed: &placed, remote: &ready, hold: false }, &["create app-web-1 10.42.0.3"]);
+    check_shared(&ps, std::slice::from_ref(&db1), share(&placed, &ready, false), &["create app-web-1 10.42.0.3"]);
     let table = vip_table(&ps, &[db1], &ready);
     let db = table.iter().find(|(s, _)| s.frontend.vip == ps["app"].services["db"].vip.unwrap()).unwrap();
     let addrs: Vec<String> = db.0.backends.iter().map(|b| b.to_string()).collect();
@@ -174,7 +193,8 @@ fn up_twice_changes_nothing_and_scaling_down_removes_the_highest() {
     check(&ps, &cs, &[]);
     let mut ps2 = ps.clone();
     ps2.get_mut("app").unwrap().services.get_mut("web").unwrap().replicas = 1;
-    check(&ps2, &cs, &["remove app-web-2 ScaledDown", "remove app-web-3 ScaledDown"]);
+    check(&ps2, &cs, &["drain app-web-2", "drain app-web-3"]);
+    check_drained(&ps2, &cs, &["remove app-web-2 ScaledDown", "remove app-web-3 ScaledDown"]);
 }
 
 #[test]
@@ -183,7 +203,64 @@ fn a_changed_service_is_recreated_and_others_are_left_alone() {
     let cs = vec![running(&ps, "web", 1, 2, None), running(&ps, "db", 1, 3, None)];
     let mut ps2 = ps.clone();
     ps2.get_mut("app").unwrap().services.get_mut("web").unwrap().template.env.insert("X".into(), "1".into());
-    check(&ps2, &cs, &["remove app-web-1 Changed", "create app-web-1 10.42.0.2"]);
+    // Stopped first: drained, and replaced once removed.
+    check(&ps2, &cs, &["drain app-web-1"]);
+    check_drained(&ps2, &cs, &["remove app-web-1 Changed", "create app-web-1 10.42.0.2"]);
+}
+
+/// `web` (3 replicas, old definition, running here) with a changed definition.
+fn changed_web() -> (BTreeMap<String, ProjectPlan>, Vec<ContainerInfo>) {
+    let ps = project(vec![("web", svc(3, &[], false))]);
+    let cs = (1..=3).map(|r| running(&ps, "web", r, 1 + r as u8, None)).collect();
+    let mut ps2 = ps.clone();
+    ps2.get_mut("app").unwrap().services.get_mut("web").unwrap().template.env.insert("X".into(), "1".into());
+    (ps2, cs)
+}
+
+#[test]
+fn an_update_replaces_only_the_replicas_in_its_window() {
+    let (ps, cs) = changed_web();
+    let placed = all_on(&ps, "n1");
+    let key = ("app".to_string(), "web".to_string());
+    let window = |replicas: &[u32], order| [(key.clone(), Window { replicas: replicas.iter().copied().collect(), order })].into();
+    let none: BTreeMap<_, _> = window(&[], UpdateOrder::StopFirst);
+    check_shared(&ps, &cs, Share { updates: &none, ..share(&placed, &[], false) }, &[]);
+    let second: BTreeMap<_, _> = window(&[2], UpdateOrder::StopFirst);
+    let drained = [("web2".to_string(), true)].into();
+    check_shared(&ps, &cs, Share { updates: &second, ..share(&placed, &[], false) }, &["drain app-web-2"]);
+    check_shared(
+        &ps,
+        &cs,
+        Share { updates: &second, draining: &drained, ..share(&placed, &[], false) },
+        &["remove app-web-2 Changed", "create app-web-2 10.42.0.3"],
+    );
+    // Holding, nothing is replaced whatever the window.
+    check_shared(&ps, &cs, Share { updates: &second, ..share(&placed, &[], true) }, &[]);
+}
+
+#[test]
+fn started_first_the_old_replica_gives_its_name_and_goes_once_the_new_one_is_ready() {
+    let (ps, cs) = changed_web();
+    let placed = all_on(&ps, "n1");
+    let first: BTreeMap<_, _> =
+        [(("app".to_string(), "web".to_string()), Window { replicas: [1].into(), order: UpdateOrder::StartFirst })].into();
+    let sf = |remote| Share { updates: &first, ..share(&placed, remote, false) };
+    check_shared(&ps, &cs, sf(&[]), &["rename app-web-1 app-web-1-web1", "create app-web-1 10.42.0.5"]);
+    // The new one starting: both stay. Ready: the old one drains.
+    let mut new = running(&ps, "web", 1, 5, Some(Health::Starting));
+    new.id = "new1".into();
+    let mut renamed = cs.clone();
+    renamed[0].name = "app-web-1-web1".into();
+    for c in &mut renamed {
+        c.health = Some(Health::Healthy);
+    }
+    let mut ps_health = ps.clone();
+    ps_health.get_mut("app").unwrap().services.get_mut("web").unwrap().has_healthcheck = true;
+    let with_new: Vec<_> = renamed.iter().cloned().chain([new.clone()]).collect();
+    check_shared(&ps_health, &with_new, sf(&[]), &[]);
+    new.health = Some(Health::Healthy);
+    let with_ready: Vec<_> = renamed.iter().cloned().chain([new]).collect();
+    check_shared(&ps_health, &with_ready, sf(&[]), &["drain app-web-1-web1"]);
 }
 
 #[test]
@@ -201,7 +278,7 @@ fn strays_and_duplicates_are_removed() {
     check(
         &ps,
         &[running(&ps, "web", 1, 2, None), dup, stray, broken],
-        &["remove app-web-1-dup Duplicate", "remove gone-web-1 NotDesired", "remove broken Unlabelled"],
+        &["remove broken Unlabelled", "drain app-web-1-dup", "remove gone-web-1 NotDesired"],
     );
 }
 

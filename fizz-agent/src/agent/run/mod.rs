@@ -3,6 +3,7 @@
 
 mod mesh;
 mod shared;
+mod update;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -97,6 +98,8 @@ struct Agent {
     observed: Vec<ContainerInfo>,
     /// Why replicas are not running (waiting on a dependency, errors).
     notes: BTreeMap<Identity, String>,
+    /// Rolling updates and draining.
+    updates: update::Updates,
     docker_ok: bool,
     /// The last Docker error reported, so an outage is logged once.
     docker_error: Option<String>,
@@ -124,10 +127,13 @@ pub fn wg_ifname(node: &str) -> String {
     format!("fzw{:08x}", h.finish() as u32)
 }
 
-/// The host end of a container's veth: the prefix and a hash of its name.
-pub fn host_if(prefix: &str, container: &str) -> String {
+/// The host end of a container's veth: the prefix and a hash of its short id (the first 12
+/// characters, as `fizz ps` shows it). Not its name: an update that starts the new replica
+/// first renames the old one.
+pub fn host_if(prefix: &str, container_id: &str) -> String {
+    let short: String = container_id.chars().take(12).collect();
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    container.hash(&mut h);
+    short.hash(&mut h);
     let mut name = format!("{prefix}{:08x}", h.finish() as u32);
     name.truncate(15);
     name
@@ -177,6 +183,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         dp,
         observed: Vec::new(),
         notes: BTreeMap::new(),
+        updates: update::Updates::default(),
         docker_ok: true,
         docker_error: None,
         gossip: None,
@@ -234,6 +241,11 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             }
             _ = async { tokio::time::sleep_until(settle.unwrap_or_else(tokio::time::Instant::now)).await }, if settle.is_some() => {
                 settle = None;
+                dirty = true;
+            }
+            // A drain ends, or a new replica of an update settles.
+            _ = async { tokio::time::sleep_until(agent.updates.wake.unwrap_or_else(tokio::time::Instant::now)).await }, if agent.updates.wake.is_some() => {
+                agent.updates.wake = None;
                 dirty = true;
             }
             _ = members_changed(&mut members_rx) => {
@@ -444,7 +456,9 @@ impl Agent {
         }
         self.docker_ok = true;
         let placed = self.place();
-        let share = Share { placed: &self.placement.assigned, remote: &self.remote, hold: !placed };
+        let windows = self.survey(&containers);
+        let draining = self.updates.drained(&containers);
+        let share = Share { placed: &self.placement.assigned, remote: &self.remote, hold: !placed, updates: &windows, draining: &draining };
         let plan = reconcile::plan(&self.ctx(), &self.desired, &containers, share);
         self.notes.clear();
         for (id, why) in plan.waiting.iter().chain(&plan.errors) {
@@ -455,11 +469,24 @@ impl Agent {
         let (masks, _) = reconcile::network_masks(&self.desired);
         for action in plan.actions {
             match action {
+                Action::Drain { id, name } => {
+                    if !self.updates.is_draining(&id) {
+                        eprintln!("fizz agent: draining {name}");
+                        self.updates.drain(&id);
+                        self.updates.wake = Some(tokio::time::Instant::now() + update::DRAIN + Duration::from_millis(20));
+                    }
+                }
                 Action::Remove { id, name, reason } => {
                     eprintln!("fizz agent: removing {name} ({reason:?})");
-                    let _ = self.dp_remove_container(&name, &containers, &id);
+                    let _ = self.dp_remove_container(&id, &containers);
                     if let Err(e) = self.docker.remove(&id, None).await {
                         eprintln!("fizz agent: {e}");
+                    }
+                    self.updates.removed(&id);
+                }
+                Action::Rename { id, name, to } => {
+                    if let Err(e) = self.docker.rename(&id, &to).await {
+                        eprintln!("fizz agent: {name}: {e}");
                     }
                 }
                 Action::Create { id, addr, spec } => {
@@ -476,8 +503,10 @@ impl Agent {
             containers
         };
         self.adopt(&containers, &masks);
-        self.sync_datapath(&containers);
-        let (services, clients) = reconcile::dns_entries(&self.desired, &containers, &self.remote);
+        // What drains takes no new flows, and its name no longer resolves to it.
+        let serving: Vec<ContainerInfo> = containers.iter().filter(|c| !self.updates.is_draining(&c.id)).cloned().collect();
+        self.sync_datapath(&containers, &serving);
+        let (services, clients) = reconcile::dns_entries(&self.desired, &serving, &self.remote);
         self.records.replace(Records::build(services, clients));
         self.report(&containers);
         self.observed = containers;
@@ -489,17 +518,17 @@ impl Agent {
         self.docker.start(&id).await.map_err(|e| e.to_string())?;
         let info = self.docker.inspect(&id).await.map_err(|e| e.to_string())?;
         match info {
-            Some(ContainerInfo { state: RunState::Running, pid: Some(pid), .. }) => self.wire(&spec.name, pid, addr, mask),
+            Some(ContainerInfo { state: RunState::Running, pid: Some(pid), .. }) => self.wire(&id, &spec.name, pid, addr, mask),
             // It exited at once (a one-shot task, or a crash): nothing to plumb.
             _ => Ok(()),
         }
     }
 
     /// Plumbs a running container and hands it to the datapath.
-    fn wire(&mut self, name: &str, pid: u32, addr: Ipv4Addr, net_mask: u64) -> Result<(), String> {
+    fn wire(&mut self, id: &str, name: &str, pid: u32, addr: Ipv4Addr, net_mask: u64) -> Result<(), String> {
         let req = PlumbRequest {
             pid,
-            host_if: host_if(&self.cfg.veth_prefix, name),
+            host_if: host_if(&self.cfg.veth_prefix, id),
             addr,
             mac: plumb::container_mac(addr),
             mtu: self.cfg.mtu,
@@ -511,11 +540,11 @@ impl Agent {
         self.dp.set_endpoint(addr, ep).map_err(|e| e.to_string())
     }
 
-    fn dp_remove_container(&mut self, name: &str, containers: &[ContainerInfo], id: &str) -> Result<(), String> {
+    fn dp_remove_container(&mut self, id: &str, containers: &[ContainerInfo]) -> Result<(), String> {
         if let Some((_, Some(addr))) = containers.iter().find(|c| c.id == id).and_then(identity) {
             self.dp.remove_endpoint(addr).map_err(|e| e.to_string())?;
         }
-        plumb::unplumb(&host_if(&self.cfg.veth_prefix, name)).map_err(|e| e.to_string())
+        plumb::unplumb(&host_if(&self.cfg.veth_prefix, id)).map_err(|e| e.to_string())
     }
 
     /// Running containers whose veth is gone (Docker restarted them, so they
@@ -525,7 +554,7 @@ impl Agent {
         for c in containers {
             let (Some((id, Some(addr))), RunState::Running, Some(pid)) = (identity(c), c.state, c.pid) else { continue };
             let mask = mask_of(masks, &id);
-            let name = host_if(&self.cfg.veth_prefix, &c.name);
+            let name = host_if(&self.cfg.veth_prefix, &c.id);
             match plumb::host_link(&name) {
                 Ok(Some((ifindex, node_mac))) => {
                     let _ = self.dp.attach(&name);
@@ -539,7 +568,7 @@ impl Agent {
                     let _ = self.dp.set_endpoint(addr, ep);
                 }
                 Ok(None) => {
-                    if let Err(e) = self.wire(&c.name, pid, addr, mask) {
+                    if let Err(e) = self.wire(&c.id, &c.name, pid, addr, mask) {
                         eprintln!("fizz agent: {e}");
                     }
                 }
@@ -548,9 +577,10 @@ impl Agent {
         }
     }
 
-    /// Writes the VIP table and removes endpoints of containers that are gone.
-    fn sync_datapath(&mut self, containers: &[ContainerInfo]) {
-        let table = reconcile::vip_table(&self.desired, containers, &self.remote);
+    /// Writes the VIP table (backed by the containers that serve) and removes endpoints of
+    /// containers that are gone.
+    fn sync_datapath(&mut self, containers: &[ContainerInfo], serving: &[ContainerInfo]) {
+        let table = reconcile::vip_table(&self.desired, serving, &self.remote);
         let wanted: BTreeSet<Frontend> = table.iter().map(|(s, _)| s.frontend).collect();
         for (spec, mask) in &table {
             if let Err(e) = self.dp.set_service_in(spec, *mask) {

@@ -204,7 +204,8 @@ impl Agent {
                 let (id, addr) = identity(c)?;
                 let svc = self.desired.get(&id.project)?.services.get(&id.service)?;
                 Some(ReplicaReport {
-                    ready: reconcile::ready(svc, c),
+                    ready: reconcile::ready(svc, c) && !self.updates.is_draining(&c.id),
+                    failed: self.updates.failed(&c.id),
                     config_hash: c.labels.get(crate::docker::labels::CONFIG_HASH).cloned().unwrap_or_default(),
                     project: id.project,
                     service: id.service,
@@ -230,7 +231,13 @@ impl Agent {
             .filter(|(n, s)| old.as_ref().and_then(|o| o.services.get(*n)).map(|o| o.config_hash()) != Some(s.config_hash()))
             .map(|(n, _)| n.clone())
             .collect();
-        let updated = old.as_ref() != Some(&project);
+        // The same definition again resumes a paused update.
+        let resume = self.state.rollouts().iter().any(|((p, s), r)| {
+            *p == project.name
+                && matches!(r.phase, state::Phase::Paused(_))
+                && project.services.get(s).is_some_and(|svc| svc.config_hash() == r.to)
+        });
+        let updated = old.as_ref() != Some(&project) || resume;
         let resp = api::UpResponse {
             project: project.name.clone(),
             services: project.services.iter().map(|(n, s)| (n.clone(), s.vip)).collect(),
@@ -340,7 +347,7 @@ impl Agent {
             });
         }
         replicas.sort_by(|a, b| (&a.project, &a.service, a.replica, &a.node).cmp(&(&b.project, &b.service, b.replica, &b.node)));
-        api::PsResponse { replicas, projects: self.desired.keys().cloned().collect() }
+        api::PsResponse { replicas, projects: self.desired.keys().cloned().collect(), updates: self.update_statuses(project) }
     }
 
     pub(super) fn find(&self, t: &Target) -> Result<Vec<ContainerInfo>, ApiError> {
