@@ -190,7 +190,31 @@ impl DevCluster {
 }
 
 impl Drop for DevCluster {
+    /// A failing test shows the end of every agent's log; `FIZZ_KEEP_LOGS=<dir>` keeps them.
     fn drop(&mut self) {
+        let logs: Vec<PathBuf> = std::fs::read_dir(&self.0.log_dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if std::thread::panicking() {
+            for log in &logs {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("--- last lines of {} ---", log.display());
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        if let Ok(keep) = std::env::var("FIZZ_KEEP_LOGS") {
+            let dir = PathBuf::from(keep).join(&self.0.short);
+            if std::fs::create_dir_all(&dir).is_ok() {
+                for log in &logs {
+                    if let Some(name) = log.file_name() {
+                        let _ = std::fs::copy(log, dir.join(name));
+                    }
+                }
+            }
+        }
         let _ = fizz::dev::down(&self.0);
         if let Some(base) = self.0.run_dir.parent() {
             let _ = std::fs::remove_dir_all(base);

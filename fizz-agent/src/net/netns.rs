@@ -32,15 +32,18 @@ where
 {
     let file = File::open(Path::new(path)).map_err(|source| NetnsError::Open { path: path.to_string(), source })?;
     std::thread::scope(|s| {
-        let handle = s.spawn(move || {
-            // SAFETY: `file` is an open namespace file; setns only changes
-            // this thread's namespace, and this thread ends with the scope.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(NetnsError::Enter { path: path.to_string(), source: std::io::Error::last_os_error() });
-            }
-            Ok(f())
-        });
+        // A thread that cannot be made (the system is out of them) is an error, not a panic.
+        let handle = std::thread::Builder::new()
+            .spawn_scoped(s, move || {
+                // SAFETY: `file` is an open namespace file; setns only changes
+                // this thread's namespace, and this thread ends with the scope.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    return Err(NetnsError::Enter { path: path.to_string(), source: std::io::Error::last_os_error() });
+                }
+                Ok(f())
+            })
+            .map_err(|source| NetnsError::Enter { path: path.to_string(), source })?;
         handle.join().map_err(|_| NetnsError::Panicked(path.to_string()))?
     })
 }

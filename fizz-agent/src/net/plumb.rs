@@ -95,18 +95,20 @@ where
     Fut: std::future::Future<Output = Result<T, PlumbError>>,
 {
     std::thread::scope(|s| {
-        s.spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(async move {
-                let (conn, handle, _) = rtnetlink::new_connection()?;
-                let task = tokio::spawn(conn);
-                let out = f(handle).await;
-                task.abort();
-                out
-            })
-        })
-        .join()
-        .unwrap_or_else(|_| Err(PlumbError::Io(std::io::Error::other("the netlink thread panicked"))))
+        // A thread that cannot be made (the system is out of them) is an error, not a panic.
+        std::thread::Builder::new()
+            .spawn_scoped(s, || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(async move {
+                    let (conn, handle, _) = rtnetlink::new_connection()?;
+                    let task = tokio::spawn(conn);
+                    let out = f(handle).await;
+                    task.abort();
+                    out
+                })
+            })?
+            .join()
+            .unwrap_or_else(|_| Err(PlumbError::Io(std::io::Error::other("the netlink thread panicked"))))
     })
 }
 

@@ -71,6 +71,8 @@ fn compose(replicas: u32, version: u32, update: &str) -> String {
   client:
     image: {BUSYBOX_IMAGE}
     command: ["sleep", "86400"]
+    # Reaps what busybox `timeout` leaves behind (its watcher outlives the command).
+    init: true
     stop_grace_period: 1s
     deploy:
       mode: global
@@ -166,6 +168,7 @@ pub fn run(opts: &Options) -> Result<()> {
             results.push(&format!("{key}_secs"), "s", secs);
             results.push(&format!("{key}_answered"), "%", 100.0 * ok / (ok + failed).max(1.0));
             results.push(&format!("{key}_failed"), "requests", failed);
+            results.push(&format!("{key}_requests"), "requests", ok + failed);
         }
     }
     b.cli(&b.nodes[0], &["down", "-p", project])?;
@@ -178,7 +181,12 @@ fn report(results: &Results, opts: &Options) -> Result<()> {
         let scenario = format!("{name}, {} replicas", opts.replicas);
         let mut lines = Vec::new();
         for (suffix, metric) in
-            [("secs", "fizz up → update done everywhere"), ("answered", "requests answered during it"), ("failed", "requests failed")]
+            [
+            ("secs", "fizz up → update done everywhere"),
+            ("requests", "requests made during it"),
+            ("answered", "requests answered"),
+            ("failed", "requests failed"),
+        ]
         {
             let k = format!("{key}_{suffix}");
             if let Some(entry) = results.entry(&k, None) {

@@ -343,6 +343,8 @@ fn versioned_web(version: &str, command: &str, order: &str) -> String {
   client:
     image: {image}
     command: ["sleep", "3600"]
+    # Reaps what busybox `timeout` leaves behind (its watcher outlives the command).
+    init: true
     stop_grace_period: 1s
     deploy:
       mode: global
