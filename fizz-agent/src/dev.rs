@@ -268,7 +268,7 @@ fn start_agent(layout: &Layout, node: &DevNode, fizz: &Path) -> Result<(), DevEr
 
 /// Node 1 starts the cluster (unless it is in one) and the other nodes that
 /// are in none join it. Returns the join token.
-pub fn form_cluster(layout: &Layout, nodes: &[DevNode]) -> Result<String, DevError> {
+pub fn form_cluster(nodes: &[DevNode]) -> Result<String, DevError> {
     use hyper::Method;
 
     use crate::api::{client::Client, InitResponse, JoinRequest, NodesResponse};
@@ -285,9 +285,10 @@ pub fn form_cluster(layout: &Layout, nodes: &[DevNode]) -> Result<String, DevErr
         let c1 = Client::new(&first.socket);
         let status: NodesResponse = c1.call::<(), _>(Method::GET, "/v1/nodes", None).await.map_err(agent_err(first))?;
         let token = if status.clustered {
-            let secret = crate::agent::cluster::load_secret(&layout.state_dir.join(format!("node{}", first.index)))?
-                .ok_or_else(|| DevError::Invalid(format!("{} is in a cluster but its secret is missing", first.name)))?;
-            crate::agent::cluster::token(&secret)
+            let req = crate::api::JoinTokenRequest { rotate: false };
+            let r: crate::api::JoinTokenResponse =
+                c1.call(Method::POST, "/v1/cluster/join-token", Some(&req)).await.map_err(agent_err(first))?;
+            r.token
         } else {
             let r: InitResponse = c1.call::<(), _>(Method::POST, "/v1/cluster/init", None).await.map_err(agent_err(first))?;
             r.token

@@ -95,9 +95,13 @@ pub enum Command {
     ClusterJoin { secret: [u8; 32], seeds: Vec<SocketAddr>, reply: Reply<()> },
     /// Undo a join that found no one (stop gossip, forget the secret).
     ClusterAbort { reply: Reply<()> },
+    /// The join token; with `rotate`, a new one (every member refuses the old one then).
+    JoinToken { rotate: bool, reply: Reply<api::JoinTokenResponse> },
     Nodes { reply: Reply<api::NodesResponse> },
     /// Set and remove a node's labels.
     Label { req: api::LabelRequest, reply: Reply<BTreeMap<String, String>> },
+    /// Give this node a new WireGuard key.
+    RotateKey { reply: Reply<api::RotateKeyResponse> },
 }
 
 /// Allocates VIPs for the services of `new` that have none: a service keeps

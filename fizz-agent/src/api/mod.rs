@@ -179,6 +179,24 @@ pub struct LabelRequest {
     pub remove: Vec<String>,
 }
 
+/// `POST /v1/cluster/join-token`: the current token, or (`rotate`) a new one.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JoinTokenRequest {
+    pub rotate: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JoinTokenResponse {
+    pub token: String,
+}
+
+/// `POST /v1/node/rotate-key` answer: this node's new WireGuard public key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RotateKeyResponse {
+    pub node: String,
+    pub wg_pubkey: String,
+}
+
 /// `GET /v1/nodes` answer.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NodesResponse {

@@ -112,13 +112,37 @@ async fn cluster_init(State(ctx): State<Ctx>) -> Result<Json<super::InitResponse
     ask(&ctx, |reply| Command::ClusterInit { reply }).await.map(Json)
 }
 
-/// Joins, then waits until a seed has answered; a join that reaches no one
-/// (a wrong token looks the same: every packet is dropped unread) is undone.
+async fn join_token(State(ctx): State<Ctx>, Json(req): Json<super::JoinTokenRequest>) -> Result<Json<super::JoinTokenResponse>, ApiError> {
+    ask(&ctx, |reply| Command::JoinToken { rotate: req.rotate, reply }).await.map(Json)
+}
+
+/// Asks the seeds for the cluster secret with the token (a member answers only the current
+/// token), joins, then waits until a seed has answered gossip; a join that reaches no one is
+/// undone.
 async fn cluster_join(State(ctx): State<Ctx>, Json(req): Json<super::JoinRequest>) -> Result<Json<()>, ApiError> {
-    let secret = crate::agent::cluster::parse_token(&req.token).map_err(|e| ApiError::Invalid(e.to_string()))?;
+    let join_secret = crate::agent::cluster::parse_token(&req.token).map_err(|e| ApiError::Invalid(e.to_string()))?;
     if req.seeds.is_empty() {
         return Err(ApiError::Invalid("join needs the address of at least one member".into()));
     }
+    let refused = || {
+        let seeds: Vec<String> = req.seeds.iter().map(|s| s.to_string()).collect();
+        ApiError::Invalid(format!(
+            "no member answered at {}: the token is wrong (or was rotated), or the address is not reachable; nothing was changed",
+            seeds.join(", ")
+        ))
+    };
+    let mut secret = None;
+    for seed in &req.seeds {
+        // The state sync port has the gossip port's number.
+        match crate::state::sync::welcome(*seed, &join_secret).await {
+            Ok(s) => {
+                secret = Some(s);
+                break;
+            }
+            Err(e) => eprintln!("fizz agent: joining: {e}"),
+        }
+    }
+    let secret = secret.ok_or_else(refused)?;
     let seeds = req.seeds.clone();
     ask(&ctx, |reply| Command::ClusterJoin { secret, seeds, reply }).await?;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -130,15 +154,15 @@ async fn cluster_join(State(ctx): State<Ctx>, Json(req): Json<super::JoinRequest
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     ask(&ctx, |reply| Command::ClusterAbort { reply }).await?;
-    let seeds: Vec<String> = req.seeds.iter().map(|s| s.to_string()).collect();
-    Err(ApiError::Invalid(format!(
-        "no member answered at {} within 10 s: the token is wrong, or the address is not reachable; nothing was changed",
-        seeds.join(", ")
-    )))
+    Err(refused())
 }
 
 async fn nodes(State(ctx): State<Ctx>) -> Result<Json<super::NodesResponse>, ApiError> {
     ask(&ctx, |reply| Command::Nodes { reply }).await.map(Json)
+}
+
+async fn rotate_key(State(ctx): State<Ctx>) -> Result<Json<super::RotateKeyResponse>, ApiError> {
+    ask(&ctx, |reply| Command::RotateKey { reply }).await.map(Json)
 }
 
 /// The router, for a loop reached through `tx`.
@@ -152,8 +176,10 @@ pub fn router(tx: mpsc::Sender<Command>, docker: Docker) -> Router {
         .route("/v1/logs", get(logs))
         .route("/v1/cluster/init", post(cluster_init))
         .route("/v1/cluster/join", post(cluster_join))
+        .route("/v1/cluster/join-token", post(join_token))
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/labels", post(label))
+        .route("/v1/node/rotate-key", post(rotate_key))
         .with_state(Ctx { tx, docker })
 }
 

@@ -21,7 +21,7 @@ pub fn run(args: Args) -> Result<()> {
         Args::Up { nodes } => {
             let fizz = std::env::current_exe()?;
             let nodes = dev::up(&layout, nodes, &fizz)?;
-            dev::form_cluster(&layout, &nodes)?;
+            dev::form_cluster(&nodes)?;
             for n in &nodes {
                 println!("node {}: namespace {}, LAN {}, containers {}, api {}", n.name, n.netns, n.lan_addr, n.range, n.socket.display());
             }

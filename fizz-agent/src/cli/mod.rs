@@ -43,6 +43,8 @@ enum Command {
     Init,
     /// Join this node to a cluster.
     Join(join::Args),
+    /// Print the cluster's join token, or make a new one with --rotate.
+    JoinToken(init::TokenArgs),
     /// List the cluster's nodes.
     Nodes(nodes::Args),
     /// Change a node of the cluster.
@@ -118,6 +120,7 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Dev { command } => dev::run(command).map(|()| 0),
         Command::Init => rt()?.block_on(init::run(&client)).map(|()| 0),
         Command::Join(args) => rt()?.block_on(join::run(args, &client)).map(|()| 0),
+        Command::JoinToken(args) => rt()?.block_on(init::token(args, &client)).map(|()| 0),
         Command::Nodes(args) => rt()?.block_on(nodes::run(args, &client)).map(|()| 0),
         Command::Node { command } => rt()?.block_on(node::run(command, &client)).map(|()| 0),
         Command::Up(args) => rt()?.block_on(up::run(args, &client)).map(|()| 0),

@@ -1,12 +1,13 @@
 //! `fizz node label`: a node's labels, which placement constraints
-//! (`node.labels.<key> == <value>`) match.
+//! (`node.labels.<key> == <value>`) match. `fizz node rotate-key`: a new WireGuard key for the
+//! node asked.
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 use hyper::Method;
 
-use crate::api::{client::Client, LabelRequest};
+use crate::api::{client::Client, LabelRequest, RotateKeyResponse};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Args {
@@ -20,10 +21,19 @@ pub enum Args {
         #[arg(long = "rm")]
         remove: Vec<String>,
     },
+    /// Give this node (the agent asked) a new WireGuard key; its peers take it from gossip.
+    RotateKey,
 }
 
 pub async fn run(args: Args, client: &Client) -> Result<()> {
-    let Args::Label { node, labels, remove } = args;
+    let (node, labels, remove) = match args {
+        Args::Label { node, labels, remove } => (node, labels, remove),
+        Args::RotateKey => {
+            let r: RotateKeyResponse = client.call::<(), _>(Method::POST, "/v1/node/rotate-key", None).await?;
+            println!("{}: new WireGuard public key {}", r.node, r.wg_pubkey);
+            return Ok(());
+        }
+    };
     let mut set = BTreeMap::new();
     for l in &labels {
         let Some((k, v)) = l.split_once('=') else { bail!("label `{l}`: expected key=value") };

@@ -78,6 +78,7 @@ pub const MAX_SESSIONS: usize = 1024;
 const KDF_SALT: &[u8] = b"fizz cluster secret v1";
 const KDF_INFO: &[u8] = b"fizz gossip packet key v1";
 const KDF_INFO_STREAM: &[u8] = b"fizz state stream key v1";
+const KDF_INFO_JOIN: &[u8] = b"fizz join key v1";
 
 /// The packet key, derived from the cluster secret.
 #[derive(Clone)]
@@ -102,6 +103,12 @@ impl Key {
     /// can never be taken for a stream frame or the other way round).
     pub fn derive_stream(cluster_secret: &[u8]) -> Key {
         Key::derive_for(cluster_secret, KDF_INFO_STREAM)
+    }
+
+    /// Derives the key a joining node and a member speak under, from the join token's secret
+    /// (not the cluster secret: the member hands that over under this key).
+    pub fn derive_join(join_secret: &[u8]) -> Key {
+        Key::derive_for(join_secret, KDF_INFO_JOIN)
     }
 
     fn derive_for(cluster_secret: &[u8], purpose: &[u8]) -> Key {

@@ -319,6 +319,24 @@ impl WireGuard {
         }
     }
 
+    /// Replaces the device's private key (and so its public key). Every peer is dropped with
+    /// the old key's sessions: the caller sets them again.
+    pub fn set_private_key(&mut self, key: &PrivateKey, listen_port: u16) -> Result<(), WireGuardError> {
+        let config = InterfaceConfiguration {
+            name: self.ifname.clone(),
+            prvkey: key.to_base64(),
+            addresses: Vec::new(),
+            port: listen_port,
+            peers: Vec::new(),
+            // Unchanged; setting it would need the node's namespace.
+            mtu: None,
+            fwmark: None,
+        };
+        self.api().configure_interface(&config).map_err(self.dev_err("setting the private key"))?;
+        self.public_key = key.public_key();
+        Ok(())
+    }
+
     /// Adds a peer, or replaces its endpoint and allowed ranges.
     pub fn set_peer(&self, peer: &PeerConfig) -> Result<(), WireGuardError> {
         let mut p = Peer::new(Key::new(peer.public_key.0));

@@ -14,6 +14,7 @@
 //! | `labels/<n>` | labels | `fizz node label` on any node |
 //! | `report/<n>` | [`NodeReport`] | node `n`, when what it runs changes |
 //! | `rollout/<p>/<s>` | [`Rollout`] | `fizz up` of a changed service; its outcome by any node |
+//! | `join` | the join token's secret | `fizz init`, `fizz join-token --rotate` |
 //!
 //! A batch written by one command carries one stamp, so every node applies it whole. This
 //! module only holds and merges; the agent's loop decides what to write and when.
@@ -110,6 +111,8 @@ pub enum Value {
     Labels(BTreeMap<String, String>),
     Report(NodeReport),
     Rollout(Rollout),
+    /// The secret of the join token (a node that knows it is handed the cluster secret).
+    Join([u8; 32]),
 }
 
 /// A change to write: a key and its new value (`None` deletes).
@@ -136,6 +139,9 @@ pub fn labels_key(n: &str) -> String {
 pub fn report_key(n: &str) -> String {
     format!("report/{n}")
 }
+/// The key of the join token's secret.
+pub const JOIN_KEY: &str = "join";
+
 pub fn rollout_key(p: &str, s: &str) -> String {
     format!("rollout/{p}/{s}")
 }
@@ -277,6 +283,7 @@ fn valid(key: &str, e: &Entry<Value>) -> bool {
             | ("labels", Value::Labels(_))
             | ("report", Value::Report(_))
             | ("rollout", Value::Rollout(_))
+            | ("join", Value::Join(_))
     )
 }
 

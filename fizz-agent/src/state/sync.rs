@@ -8,6 +8,11 @@
 //!   `Hello{summary}` → `Same`, or `Differ` → `Entries{all of ours}` → `Entries{what the peer
 //!   has newer or we lack}`. After it both sides hold the union.
 //!
+//! And one started by a node that is not a member yet, **join**: `Join` → `Welcome{cluster
+//! secret}`, both sealed under the key derived from the join token's secret, which the
+//! members hold in the replicated state (`join` key). A token rotated away is no longer
+//! answered.
+//!
 //! A frame is `u32` big-endian length, then the sealed message (version, session, counter,
 //! time, ciphertext, tag). Each side of a connection picks a random session; a frame is
 //! accepted only with the next counter of the session the peer opened with, fresh within the
@@ -65,6 +70,8 @@ enum Msg {
     Differ,
     Entries { batch: Batch },
     Ack,
+    Join,
+    Welcome { cluster_secret: [u8; 32] },
 }
 
 /// Why a conversation failed.
@@ -132,6 +139,11 @@ impl Conn {
     }
 
     async fn recv(&mut self) -> Result<Msg, SyncError> {
+        let frame = self.read_frame().await?;
+        self.open(&frame)
+    }
+
+    async fn read_frame(&mut self) -> Result<Vec<u8>, SyncError> {
         let peer = self.peer;
         let io = |source| SyncError::Io { peer, source };
         let mut len = [0u8; 4];
@@ -142,8 +154,13 @@ impl Conn {
         }
         let mut frame = vec![0u8; len];
         self.stream.read_exact(&mut frame).await.map_err(io)?;
+        Ok(frame)
+    }
+
+    fn open(&mut self, frame: &[u8]) -> Result<Msg, SyncError> {
+        let peer = self.peer;
         let (want_session, want_counter) = (self.peer_session, self.peer_next);
-        let opened = crypto::open_any(&self.key, now_ms(), MAX_SKEW_MS, &frame, |s, c| {
+        let opened = crypto::open_any(&self.key, now_ms(), MAX_SKEW_MS, frame, |s, c| {
             // The first frame opens the peer's session; every later one is its next counter.
             if want_session.is_some_and(|w| w != *s) || c != want_counter {
                 return Err(DropReason::Replayed);
@@ -202,18 +219,55 @@ pub async fn exchange(peer: SocketAddr, key: &Key, ours: Arc<Snapshot>) -> Resul
     .await
 }
 
+/// Asks a member for the cluster secret with a join token's secret: what a node that joins
+/// needs before it can speak to the cluster at all.
+pub async fn welcome(peer: SocketAddr, join_secret: &[u8; 32]) -> Result<[u8; 32], SyncError> {
+    deadline(peer, async {
+        let mut c = connect(peer, &Key::derive_join(join_secret)).await?;
+        c.send(&Msg::Join).await?;
+        match c.recv().await? {
+            Msg::Welcome { cluster_secret } => Ok(cluster_secret),
+            _ => Err(SyncError::Protocol { peer, what: "answer to join" }),
+        }
+    })
+    .await
+}
+
+/// What the sync server answers with: the cluster's secret, and where the join token's secret
+/// is found (the snapshot's `join` entry; the cluster secret itself for a cluster made before
+/// join tokens had their own secret).
+#[derive(Clone)]
+pub struct Secrets {
+    pub cluster: [u8; 32],
+}
+
+impl Secrets {
+    fn join_key(&self, snapshot: &Snapshot) -> Key {
+        match snapshot.map.get(super::JOIN_KEY) {
+            Some(Value::Join(j)) => Key::derive_join(j),
+            _ => Key::derive_join(&self.cluster),
+        }
+    }
+}
+
 /// Serves peers on `listener` until the task is dropped: answers from the latest snapshot and
 /// hands what they send to the loop.
-pub async fn serve(listener: TcpListener, key: Key, snapshot: watch::Receiver<Arc<Snapshot>>, incoming: mpsc::Sender<Incoming>) {
+pub async fn serve(
+    listener: TcpListener,
+    secrets: Secrets,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    incoming: mpsc::Sender<Incoming>,
+) {
+    let key = Key::derive_stream(&secrets.cluster);
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let (key, snapshot, incoming) = (key.clone(), snapshot.clone(), incoming.clone());
+        let (key, secrets, snapshot, incoming) = (key.clone(), secrets.clone(), snapshot.clone(), incoming.clone());
         tokio::spawn(async move {
             let conn = Conn::new(stream, peer, key);
-            if let Err(e) = deadline(peer, answer(conn, snapshot, incoming)).await {
+            if let Err(e) = deadline(peer, answer(conn, secrets, snapshot, incoming)).await {
                 // Strangers and garbage end here; a peer retries by itself.
                 if !matches!(e, SyncError::Frame { .. }) {
                     eprintln!("fizz agent: {e}");
@@ -223,7 +277,12 @@ pub async fn serve(listener: TcpListener, key: Key, snapshot: watch::Receiver<Ar
     }
 }
 
-async fn answer(mut c: Conn, snapshot: watch::Receiver<Arc<Snapshot>>, incoming: mpsc::Sender<Incoming>) -> Result<(), SyncError> {
+async fn answer(
+    mut c: Conn,
+    secrets: Secrets,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    incoming: mpsc::Sender<Incoming>,
+) -> Result<(), SyncError> {
     let peer = c.peer;
     let merge = |batch: Batch| async {
         let (done, wait) = oneshot::channel();
@@ -232,7 +291,21 @@ async fn answer(mut c: Conn, snapshot: watch::Receiver<Arc<Snapshot>>, incoming:
         }
         wait.await.map_err(|_| SyncError::Protocol { peer, what: "entries the store refused" })
     };
-    match c.recv().await? {
+    let frame = c.read_frame().await?;
+    let first = match c.open(&frame) {
+        Ok(m) => m,
+        Err(member) => {
+            // Not a member's frame: a node joining with the current token, or a stranger.
+            let join = secrets.join_key(&snapshot.borrow());
+            c.key = join;
+            return match c.open(&frame) {
+                Ok(Msg::Join) => c.send(&Msg::Welcome { cluster_secret: secrets.cluster }).await,
+                Ok(_) => Err(SyncError::Protocol { peer, what: "first message of a join" }),
+                Err(_) => Err(member),
+            };
+        }
+    };
+    match first {
         Msg::Entries { batch } => {
             merge(batch).await?;
             c.send(&Msg::Ack).await
@@ -264,12 +337,12 @@ mod tests {
     }
 
     /// A server whose "loop" merges into a map it publishes.
-    async fn server(key: Key, map: Lww<Value>) -> (SocketAddr, watch::Receiver<Arc<Snapshot>>) {
+    async fn server(secret: [u8; 32], map: Lww<Value>) -> (SocketAddr, watch::Receiver<Arc<Snapshot>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::of(&map)));
         let (in_tx, mut in_rx) = mpsc::channel::<Incoming>(8);
-        tokio::spawn(serve(listener, key, snap_rx.clone(), in_tx));
+        tokio::spawn(serve(listener, Secrets { cluster: secret }, snap_rx.clone(), in_tx));
         tokio::spawn(async move {
             let mut map = map;
             while let Some(i) = in_rx.recv().await {
@@ -289,7 +362,7 @@ mod tests {
         let mut theirs = Lww::default();
         theirs.merge(&scale_key("p", "a"), entry(5, 1));
         theirs.merge(&scale_key("p", "b"), entry(5, 2));
-        let (addr, snap) = server(key.clone(), theirs).await;
+        let (addr, snap) = server([3u8; 32], theirs).await;
 
         push(addr, &key, vec![(scale_key("p", "c"), entry(6, 3))]).await.unwrap();
         assert_eq!(snap.borrow().map.get(&scale_key("p", "c")), Some(&Value::Scale(3)), "durable before the ack");
@@ -309,7 +382,7 @@ mod tests {
     #[tokio::test]
     async fn strangers_and_garbage_change_nothing() {
         let key = Key::derive_stream(&[3u8; 32]);
-        let (addr, snap) = server(key.clone(), Lww::default()).await;
+        let (addr, snap) = server([3u8; 32], Lww::default()).await;
         let wrong = Key::derive_stream(&[4u8; 32]);
         let e = push(addr, &wrong, vec![(scale_key("p", "a"), entry(1, 1))]).await.unwrap_err();
         assert!(matches!(e, SyncError::Io { .. } | SyncError::Timeout { .. }), "{e}");
@@ -322,5 +395,30 @@ mod tests {
             assert!(buf.is_empty());
         }
         assert!(snap.borrow().map.is_empty());
+        let _ = key;
+    }
+
+    #[tokio::test]
+    async fn a_join_gets_the_cluster_secret_only_with_the_current_token() {
+        let cluster = [3u8; 32];
+        let (first, second) = ([8u8; 32], [9u8; 32]);
+        let mut map = Lww::default();
+        map.merge(crate::state::JOIN_KEY, Entry { value: Some(Value::Join(first)), ..entry(1, 0) });
+        let (addr, _) = server(cluster, map).await;
+        assert_eq!(welcome(addr, &first).await.unwrap(), cluster);
+        assert!(welcome(addr, &second).await.is_err(), "not the current token");
+        assert!(welcome(addr, &cluster).await.is_err(), "the cluster secret is not a token once a join secret exists");
+        // Rotated: the new token is answered, the old one no longer.
+        push(addr, &Key::derive_stream(&cluster), vec![(crate::state::JOIN_KEY.to_string(), Entry { value: Some(Value::Join(second)), ..entry(2, 0) })])
+            .await
+            .unwrap();
+        assert_eq!(welcome(addr, &second).await.unwrap(), cluster);
+        assert!(welcome(addr, &first).await.is_err(), "a rotated-away token is refused");
+    }
+
+    #[tokio::test]
+    async fn a_cluster_without_a_join_secret_takes_its_own_secret_as_the_token() {
+        let (addr, _) = server([5u8; 32], Lww::default()).await;
+        assert_eq!(welcome(addr, &[5u8; 32]).await.unwrap(), [5u8; 32]);
     }
 }

@@ -4,6 +4,8 @@
 //! - **up → known everywhere**: from starting `fizz up -d` on node 1 until nodes 2 and 3 list
 //!   the project (the replicated state reached them);
 //! - **up → running**: until every replica runs somewhere (node 1's `ps`, cluster-wide);
+//! - **key rotated → traffic again**: node 2 takes a new WireGuard key (`fizz node rotate-key`);
+//!   until a replica on node 1 fetches a page from one on node 2 again;
 //! - **kill → down**: node 3's agent is killed (SIGKILL; its containers stay, as on a host
 //!   whose agent died); until node 1 sees it down;
 //! - **kill → replacements running**: until nodes 1 and 2 run all N replicas themselves;
@@ -96,7 +98,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let cluster = DevCluster(Layout::isolated(&tag, lan));
     eprintln!("starting a 3-node local cluster ({tag})");
     let nodes = dev::up(&cluster.0, 3, &fizz)?;
-    dev::form_cluster(&cluster.0, &nodes)?;
+    dev::form_cluster(&nodes)?;
     let b = Bench { rt: tokio::runtime::Runtime::new()?, fizz, cluster, nodes };
     let names: Vec<String> = b.nodes.iter().map(|n| n.name.clone()).collect();
     b.until("3 alive members", Instant::now(), || {
@@ -128,6 +130,27 @@ fn measure(b: &Bench, file: &Path, project: &str, want: usize, results: &mut Res
     if on_victim == 0 {
         bail!("node 3 runs no replica of {project}: nothing to fail over");
     }
+
+    // Node 2's WireGuard key rotated: how long until cross-node traffic flows again.
+    let target = b
+        .ps(n1, project)
+        .and_then(|p| p.replicas.into_iter().find(|r| r.node == b.nodes[1].name && r.state == Some(RunState::Running)))
+        .and_then(|r| r.addr)
+        .context("node 2 runs no replica")?;
+    let url = format!("http://{target}:8080/");
+    let fetch = || {
+        Command::new(&b.fizz)
+            .arg("--socket")
+            .arg(&n1.socket)
+            .args(["exec", "-p", project, "web", "--", "timeout", "2", "wget", "-qO", "/dev/null", &url])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    b.until("node 2 reachable from node 1", Instant::now(), fetch)?;
+    b.cli(&b.nodes[1], &["node", "rotate-key"])?;
+    let rotated = Instant::now();
+    let flowing = b.until("traffic with node 2's new key", rotated, fetch)?;
+    results.push("rotate_flowing", "s", flowing);
 
     let pid: i32 = std::fs::read_to_string(b.cluster.0.run_dir.join("node3.pid"))?.trim().parse()?;
     // SAFETY: signalling the agent process this benchmark started.
@@ -174,6 +197,7 @@ fn report(results: &Results, opts: &Options) -> Result<()> {
     for (key, metric) in [
         ("up_known_all", "fizz up → project known on every node"),
         ("up_running", "fizz up → every replica running"),
+        ("rotate_flowing", "node 2's key rotated → cross-node request answered"),
         ("kill_down", "node killed → down on node 1"),
         ("kill_replaced", "node killed → replacements running"),
         ("rejoin_settled", "node back → exactly the declared count"),
@@ -187,7 +211,7 @@ fn report(results: &Results, opts: &Options) -> Result<()> {
         opts.runs,
         report::table(std::slice::from_ref(&lines))
     );
-    println!("Target: node killed → replacements running ≤ 10 s (Swarm ≈ 15 s, Nomad ≈ 20 s, Kubernetes ≈ 5–6 min at defaults).");
+    println!("Targets: node killed → replacements running ≤ 10 s (Swarm ≈ 15 s, Nomad ≈ 20 s, Kubernetes ≈ 5–6 min at defaults); key rotated → traffic again ≤ 10 s.");
     let path = report::out_dir()?.join("failover.json");
     report::write_json(&path, &lines)?;
     println!("\nwrote {}", report::display(&path));

@@ -124,7 +124,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let cluster = DevCluster(Layout::isolated(&tag, lan));
     eprintln!("starting a 3-node local cluster ({tag})");
     let nodes = dev::up(&cluster.0, 3, &fizz)?;
-    dev::form_cluster(&cluster.0, &nodes)?;
+    dev::form_cluster(&nodes)?;
     let b = Bench { rt: tokio::runtime::Runtime::new()?, fizz, cluster, nodes };
     wait_for("3 alive members", Duration::from_secs(30), || b.nodes.iter().all(|n| b.alive(n) == 3))?;
     let project = "update";

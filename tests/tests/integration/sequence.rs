@@ -73,7 +73,7 @@ fn a_random_sequence_during_faults_ends_as_acknowledged() {
     let fizz = fizz_bin().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let members = dev::up(&cluster.0, 3, &fizz).unwrap();
-    dev::form_cluster(&cluster.0, &members).unwrap();
+    dev::form_cluster(&members).unwrap();
     let alive_everywhere = || {
         members.iter().all(|n| {
             rt.block_on(Client::new(&n.socket).call::<(), fizz::api::NodesResponse>(Method::GET, "/v1/nodes", None))

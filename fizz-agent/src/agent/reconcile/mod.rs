@@ -257,6 +257,13 @@ pub fn plan(
             continue;
         };
         let hash = svc.config_hash();
+        // Draining is one way: a container taken out of service is removed, whatever changed
+        // since (kept, it would count as running while no VIP sends it anything).
+        let (leaving, group): (Vec<_>, Vec<_>) = group.into_iter().partition(|(c, _)| share.draining.contains_key(&c.id));
+        for (c, addr) in leaving {
+            let current = c.labels.get(labels::CONFIG_HASH) == Some(&hash);
+            removals.push((c, addr, if current { RemoveReason::Duplicate } else { RemoveReason::Changed }, Some(svc)));
+        }
         let (mut current, mut outdated): (Vec<_>, Vec<_>) =
             group.into_iter().partition(|(c, _)| c.labels.get(labels::CONFIG_HASH) == Some(&hash));
         // One container of each kind stays, a ready one first.

@@ -96,10 +96,10 @@ fn check(projects: &BTreeMap<String, ProjectPlan>, containers: &[ContainerInfo],
     check_shared(projects, containers, share(&placed, &[], false), expect);
 }
 
-/// As `check`, with every container already drained.
-fn check_drained(projects: &BTreeMap<String, ProjectPlan>, containers: &[ContainerInfo], expect: &[&str]) {
+/// As `check`, with the containers `ids` drained.
+fn check_drained(projects: &BTreeMap<String, ProjectPlan>, containers: &[ContainerInfo], ids: &[&str], expect: &[&str]) {
     let placed = all_on(projects, "n1");
-    let drained: BTreeMap<String, bool> = containers.iter().map(|c| (c.id.clone(), true)).collect();
+    let drained: BTreeMap<String, bool> = ids.iter().map(|id| (id.to_string(), true)).collect();
     check_shared(projects, containers, Share { draining: &drained, ..share(&placed, &[], false) }, expect);
 }
 
@@ -194,7 +194,7 @@ fn up_twice_changes_nothing_and_scaling_down_removes_the_highest() {
     let mut ps2 = ps.clone();
     ps2.get_mut("app").unwrap().services.get_mut("web").unwrap().replicas = 1;
     check(&ps2, &cs, &["drain app-web-2", "drain app-web-3"]);
-    check_drained(&ps2, &cs, &["remove app-web-2 ScaledDown", "remove app-web-3 ScaledDown"]);
+    check_drained(&ps2, &cs, &["web2", "web3"], &["remove app-web-2 ScaledDown", "remove app-web-3 ScaledDown"]);
 }
 
 #[test]
@@ -205,7 +205,7 @@ fn a_changed_service_is_recreated_and_others_are_left_alone() {
     ps2.get_mut("app").unwrap().services.get_mut("web").unwrap().template.env.insert("X".into(), "1".into());
     // Stopped first: drained, and replaced once removed.
     check(&ps2, &cs, &["drain app-web-1"]);
-    check_drained(&ps2, &cs, &["remove app-web-1 Changed", "create app-web-1 10.42.0.2"]);
+    check_drained(&ps2, &cs, &["web1"], &["remove app-web-1 Changed", "create app-web-1 10.42.0.2"]);
 }
 
 /// `web` (3 replicas, old definition, running here) with a changed definition.
@@ -236,6 +236,13 @@ fn an_update_replaces_only_the_replicas_in_its_window() {
     );
     // Holding, nothing is replaced whatever the window.
     check_shared(&ps, &cs, Share { updates: &second, ..share(&placed, &[], true) }, &[]);
+    // Draining is one way: even if it is no longer its turn, web-2 is replaced once drained.
+    check_shared(
+        &ps,
+        &cs,
+        Share { updates: &none, draining: &drained, ..share(&placed, &[], false) },
+        &["remove app-web-2 Changed", "create app-web-2 10.42.0.3"],
+    );
 }
 
 #[test]

@@ -16,15 +16,7 @@ impl Agent {
             }
             _ => {
                 let k = PrivateKey::generate();
-                use std::os::unix::fs::OpenOptionsExt as _;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&key_path)
-                    .map_err(|e| format!("{}: {e}", key_path.display()))?;
-                std::io::Write::write_all(&mut f, &k.to_bytes()).map_err(|e| format!("{}: {e}", key_path.display()))?;
+                save_key(&key_path, &k)?;
                 k
             }
         };
@@ -39,6 +31,27 @@ impl Agent {
         self.dp.attach_wireguard(wg.ifname()).map_err(|e| format!("attaching to {}: {e}", wg.ifname()))?;
         self.wg = Some(wg);
         Ok(public)
+    }
+
+    /// Gives this node a new WireGuard key: saved, set on the device, and announced by gossip
+    /// (this node's next generation), so every peer replaces the old key; the peers are set
+    /// again here at once.
+    pub(super) async fn rotate_key(&mut self) -> Result<api::RotateKeyResponse, ApiError> {
+        let (Some(g), Some(wg)) = (&self.gossip, &mut self.wg) else {
+            return Err(ApiError::Invalid("this node is in no cluster: it has no WireGuard key".into()));
+        };
+        let key = PrivateKey::generate();
+        let path = self.cfg.state_dir.join("wg.key");
+        save_key(&path, &key).map_err(ApiError::Failed)?;
+        wg.set_private_key(&key, self.cfg.wg_port).map_err(|e| ApiError::Failed(e.to_string()))?;
+        let public = key.public_key();
+        let range = format!("{}/{}", self.cfg.range.net, self.cfg.range.len);
+        g.update_meta(range, public.to_string()).await.map_err(|e| ApiError::Failed(format!("announcing the new key: {e}")))?;
+        // The device lost its peers with its key.
+        self.wg_peers.clear();
+        self.sync_mesh();
+        eprintln!("fizz agent: new WireGuard key {public}");
+        Ok(api::RotateKeyResponse { node: self.cfg.node.clone(), wg_pubkey: public.to_string() })
     }
 
     /// Brings the WireGuard peers and the datapath's remote ranges in line
@@ -66,8 +79,13 @@ impl Agent {
             }
         }
         for (name, (key, net, len, endpoint)) in want {
-            if self.wg_peers.get(&name) == Some(&(key, net, len)) {
-                continue;
+            match self.wg_peers.get(&name) {
+                Some(had) if *had == (key, net, len) => continue,
+                // A new key (the peer rotated it): the old one goes.
+                Some((old, ..)) if *old != key => {
+                    let _ = wg.remove_peer(old);
+                }
+                _ => {}
             }
             let peer = PeerConfig { public_key: key, endpoint, allowed: vec![(net, len)] };
             if let Err(e) = wg.set_peer(&peer) {
@@ -111,7 +129,8 @@ impl Agent {
             .await
             .map_err(|e| format!("binding the state sync port tcp/{port}: {e}"))?;
         let key = gossip::crypto::Key::derive_stream(secret);
-        let server = tokio::spawn(state_sync::serve(listener, key.clone(), self.snapshot.subscribe(), self.incoming.clone()));
+        let secrets = state_sync::Secrets { cluster: *secret };
+        let server = tokio::spawn(state_sync::serve(listener, secrets, self.snapshot.subscribe(), self.incoming.clone()));
         self.sync = Some((key, server));
         self.gossip = Some(handle);
         Ok(())
@@ -122,15 +141,41 @@ impl Agent {
             return Err(ApiError::Invalid("this node is already in a cluster".into()));
         }
         let secret = cluster::new_secret().map_err(|e| ApiError::Failed(format!("generating the cluster secret: {e}")))?;
+        let join = cluster::new_secret().map_err(|e| ApiError::Failed(format!("generating the join secret: {e}")))?;
         self.start_gossip(&secret).await.map_err(ApiError::Failed)?;
-        if let Err(e) = cluster::save_secret(&self.cfg.state_dir, &secret) {
+        let saved = cluster::save_secret(&self.cfg.state_dir, &secret)
+            .map_err(|e| ApiError::Failed(e.to_string()))
+            .and_then(|()| self.commit(vec![(state::JOIN_KEY.to_string(), Some(Value::Join(join)))]));
+        if let Err(e) = saved {
             if let Some(g) = self.gossip.take() {
                 g.abort();
             }
-            return Err(ApiError::Failed(e.to_string()));
+            cluster::remove_secret(&self.cfg.state_dir);
+            return Err(e);
         }
         let addr = self.gossip.as_ref().map(|g| g.members()).and_then(|m| m.first().map(|v| v.addr));
-        Ok(api::InitResponse { token: cluster::token(&secret), addr: addr.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.cfg.gossip_port))) })
+        Ok(api::InitResponse { token: cluster::token(&join), addr: addr.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.cfg.gossip_port))) })
+    }
+
+    /// The join token, or a new one: written to the state, so every member answers only it.
+    pub(super) fn join_token(&mut self, rotate: bool) -> Result<(api::JoinTokenResponse, Batch), ApiError> {
+        if self.gossip.is_none() {
+            return Err(ApiError::Invalid("this node is in no cluster (see `fizz init` and `fizz join`)".into()));
+        }
+        if rotate {
+            let join = cluster::new_secret().map_err(|e| ApiError::Failed(format!("generating the join secret: {e}")))?;
+            let batch = self.commit(vec![(state::JOIN_KEY.to_string(), Some(Value::Join(join)))])?;
+            return Ok((api::JoinTokenResponse { token: cluster::token(&join) }, batch));
+        }
+        let join = match self.state.map().get(state::JOIN_KEY) {
+            Some(Value::Join(j)) => *j,
+            // A cluster made before join tokens had their own secret: its token is the
+            // cluster secret.
+            _ => cluster::load_secret(&self.cfg.state_dir)
+                .map_err(|e| ApiError::Failed(e.to_string()))?
+                .ok_or_else(|| ApiError::Failed("the cluster secret is missing".into()))?,
+        };
+        Ok((api::JoinTokenResponse { token: cluster::token(&join) }, Vec::new()))
     }
 
     pub(super) async fn cluster_join(&mut self, secret: [u8; 32], seeds: Vec<SocketAddr>) -> Result<(), ApiError> {
@@ -217,4 +262,15 @@ impl Agent {
             cluster::save_seeds(&self.cfg.state_dir, &peers);
         }
     }
+}
+
+/// Writes a WireGuard private key, readable by root only, replacing the file whole.
+fn save_key(path: &std::path::Path, key: &PrivateKey) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("new");
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
+    std::io::Write::write_all(&mut f, &key.to_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
 }

@@ -424,6 +424,20 @@ impl Agent {
                 let _ = reply.send(Ok(self.nodes()));
                 false
             }
+            Command::JoinToken { rotate, reply } => match self.join_token(rotate) {
+                Ok((token, batch)) => {
+                    self.reply_when_spread(batch, reply, token);
+                    false
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    false
+                }
+            },
+            Command::RotateKey { reply } => {
+                let _ = reply.send(self.rotate_key().await);
+                false
+            }
             Command::Label { req, reply } => match self.label(req) {
                 Ok((labels, batch)) => {
                     self.reply_when_spread(batch, reply, labels);
@@ -485,11 +499,13 @@ impl Agent {
                     self.updates.removed(&id);
                 }
                 Action::Rename { id, name, to } => {
+                    eprintln!("fizz agent: renaming {name} to {to} (its replacement starts first)");
                     if let Err(e) = self.docker.rename(&id, &to).await {
                         eprintln!("fizz agent: {name}: {e}");
                     }
                 }
                 Action::Create { id, addr, spec } => {
+                    eprintln!("fizz agent: creating {} ({addr})", spec.name);
                     if let Err(e) = self.create(&spec, addr, mask_of(&masks, &id)).await {
                         eprintln!("fizz agent: {e}");
                         self.notes.insert(id, e);
