@@ -213,6 +213,33 @@ pub struct WireGuard {
     public_key: PublicKey,
 }
 
+/// The signalfds open in this process.
+fn signalfds() -> std::collections::BTreeSet<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return Default::default() };
+    dir.flatten()
+        .filter_map(|e| {
+            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            (target.to_str()? == "anon_inode:[signalfd]").then_some(fd)
+        })
+        .collect()
+}
+
+/// The embedded implementation reads SIGINT and SIGTERM from signalfds of its own and stops
+/// the device when one comes: it races the agent's handler for the signal meant for the agent,
+/// and when it wins, the agent runs on with a dead device (and blocks on its control socket).
+/// The signalfds it made are replaced by /dev/null (their epoll registrations go with them):
+/// stopping the device is the agent's decision.
+fn disarm_signalfds(before: &std::collections::BTreeSet<i32>) {
+    use std::os::fd::AsRawFd as _;
+    let Ok(null) = std::fs::File::open("/dev/null") else { return };
+    for fd in signalfds().difference(before) {
+        // SAFETY: `fd` is a signalfd the device just opened; dup2 atomically points that
+        // number at /dev/null, which the device may close later like its own.
+        unsafe { libc::dup2(null.as_raw_fd(), *fd) };
+    }
+}
+
 /// The control socket of the device named `ifname`.
 pub fn socket_path(ifname: &str) -> PathBuf {
     PathBuf::from(SOCKET_DIR).join(format!("{ifname}.sock"))
@@ -251,8 +278,10 @@ impl WireGuard {
                     WGApi::<Userspace>::new(name.clone()).map_err(|e| dev("preparing", e))?;
                 // The worker threads are spawned here, so they live in this
                 // thread's namespace (the node's) after it ends.
+                let before = signalfds();
                 api.create_interface()
                     .map_err(|e| dev("creating the interface", e))?;
+                disarm_signalfds(&before);
                 // From here on a failure must stop the workers again.
                 let finish = || -> Result<u32, WireGuardError> {
                     api.configure_interface(&config)

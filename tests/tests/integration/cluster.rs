@@ -500,3 +500,119 @@ fn a_rotated_join_token_admits_and_a_rolling_update_keeps_the_vip_answering() {
     let (ok, out) = cli(&fizz, &members[1], &["down", "-p", &project]);
     assert!(ok, "{out}");
 }
+
+/// A rule dropping a share of the LAN's frames (iptables' random match on the bridge: this
+/// kernel has no netem), removed on drop.
+struct LossyLan {
+    bridge: String,
+}
+
+impl LossyLan {
+    fn rule(&self, op: &str) -> bool {
+        std::process::Command::new("iptables")
+            .args([op, "FORWARD", "-i", &self.bridge, "-o", &self.bridge])
+            .args(["-m", "statistic", "--mode", "random", "--probability", "0.1", "-j", "DROP"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for LossyLan {
+    fn drop(&mut self) {
+        while std::process::Command::new("iptables")
+            .args(["-D", "FORWARD", "-i", &self.bridge, "-o", &self.bridge])
+            .args(["-m", "statistic", "--mode", "random", "--probability", "0.1", "-j", "DROP"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {}
+    }
+}
+
+#[test]
+fn ten_percent_loss_declares_no_one_down_and_agent_restarts_keep_connections() {
+    require_docker!();
+    let tag = unique("L");
+    let lan = Ipv4Addr::new(10, 90, (std::process::id() % 250) as u8, 0);
+    let cluster = DevCluster(Layout::isolated(&tag, lan));
+    let fizz = fizz_bin().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let members = dev::up(&cluster.0, 3, &fizz).unwrap();
+    dev::form_cluster(&members).unwrap();
+    let alive_everywhere = || members.iter().all(|n| nodes(&rt, n).nodes.iter().filter(|m| m.state == "alive").count() == 3);
+    wait_for("3 alive members", Duration::from_secs(15), alive_everywhere).unwrap();
+
+    // 10% of every frame on the LAN dropped for 60 s (gossip, state sync, WireGuard): nobody is
+    // declared down.
+    let loss = LossyLan { bridge: cluster.0.bridge.clone() };
+    assert!(loss.rule("-I"), "inserting the loss rule");
+    let start = Instant::now();
+    let mut suspected = 0;
+    while start.elapsed() < Duration::from_secs(60) {
+        for n in &members {
+            let view = nodes(&rt, n);
+            suspected += view.nodes.iter().filter(|m| m.state == "suspect").count();
+            let down: Vec<_> = view.nodes.iter().filter(|m| m.state == "down").map(|m| m.name.clone()).collect();
+            assert!(down.is_empty(), "{} declared {down:?} down after {:?} of 10% loss", n.name, start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(loss);
+    eprintln!("60 s of 10% loss: nobody down; {suspected} suspect sightings, refuted");
+
+    // An echo server on node 2, a client on node 1 holding one TCP connection through the
+    // WireGuard mesh for 30 s while both agents are stopped and started again.
+    let (ok, out) = cli(&fizz, &members[1], &["node", "label", &members[1].name, "role=server"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&fizz, &members[0], &["node", "label", &members[0].name, "role=client"]);
+    assert!(ok, "{out}");
+    let file = cluster
+        .file(
+            "echo.yaml",
+            &format!(
+                "services:\n  echo:\n    image: {image}\n    command: [\"nc\", \"-ll\", \"-p\", \"9000\", \"-e\", \"cat\"]\n    stop_grace_period: 1s\n    deploy:\n      placement:\n        constraints: [\"node.labels.role == server\"]\n  client:\n    image: {image}\n    command: [\"sleep\", \"3600\"]\n    init: true\n    stop_grace_period: 1s\n    deploy:\n      placement:\n        constraints: [\"node.labels.role == client\"]\n",
+                image = fizz_tests::BUSYBOX_IMAGE
+            ),
+        )
+        .unwrap();
+    let project = tag.to_lowercase();
+    let (ok, out) = cli(&fizz, &members[0], &["up", "-f", file.to_str().unwrap(), "-p", &project, "--timeout", "60"]);
+    assert!(ok, "{out}");
+    let ps: PsResponse = serde_json::from_str(&cli(&fizz, &members[0], &["ps", "-p", &project, "--json"]).1).unwrap();
+    let server = ps.replicas.iter().find(|r| r.service == "echo").and_then(|r| r.addr).expect("the echo server's address");
+    let client = ps.replicas.iter().find(|r| r.service == "client").and_then(|r| r.container_id.clone()).expect("the client on node 1");
+    // Straight through Docker: `fizz exec` goes through the agent, which restarts.
+    let talk = std::process::Command::new("docker")
+        .args(["exec", &client, "sh", "-c"])
+        .arg(format!("{{ i=0; while [ $i -lt 30 ]; do echo ping$i; i=$((i+1)); sleep 1; done; sleep 3; }} | nc {server} 9000"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    for (i, n) in members[..2].iter().enumerate() {
+        let pid: i32 = std::fs::read_to_string(cluster.0.run_dir.join(format!("node{}.pid", i + 1))).unwrap().trim().parse().unwrap();
+        // SAFETY: stopping and reaping an agent this test started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let stopped = wait_for("the agent to stop on SIGTERM", Duration::from_secs(20), || {
+            // SAFETY: as above, without blocking.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) == pid }
+        });
+        if stopped.is_err() {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            panic!("{}'s agent ignored SIGTERM", n.name);
+        }
+        dev::up(&cluster.0, 3, &fizz).unwrap();
+        wait_for("the cluster whole again", Duration::from_secs(20), alive_everywhere).unwrap_or_else(|e| panic!("{e} ({})", n.name));
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let out = talk.wait_with_output().unwrap();
+    let echoed = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("ping")).count();
+    assert_eq!(echoed, 30, "every line came back over the one connection: {}", String::from_utf8_lossy(&out.stderr));
+    let (ok, out) = cli(&fizz, &members[0], &["down", "-p", &project]);
+    assert!(ok, "{out}");
+}
