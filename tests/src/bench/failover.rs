@@ -8,6 +8,8 @@
 //!   until a replica on node 1 fetches a page from one on node 2 again;
 //! - **kill → down**: node 3's agent is killed (SIGKILL; its containers stay, as on a host
 //!   whose agent died); until node 1 sees it down;
+//! - **down → out of node 1's VIP**: from node 1 seeing node 3 down until node 3's replicas are
+//!   no longer backends of the service's VIP in node 1's datapath (`fizz net inspect --json`);
 //! - **kill → replacements running**: until nodes 1 and 2 run all N replicas themselves;
 //! - **restart → declared count**: node 3's agent starts again; until exactly N replicas run,
 //!   each number once, node 3 among their nodes (its own come back, the replacements go).
@@ -152,15 +154,44 @@ fn measure(b: &Bench, file: &Path, project: &str, want: usize, results: &mut Res
     let flowing = b.until("traffic with node 2's new key", rotated, fetch)?;
     results.push("rotate_flowing", "s", flowing);
 
+    let victims: Vec<std::net::Ipv4Addr> = b
+        .ps(n1, project)
+        .map(|p| p.replicas.into_iter().filter(|r| r.node == n3.name).filter_map(|r| r.addr).collect())
+        .unwrap_or_default();
+    let backends = || -> Vec<std::net::Ipv4Addr> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", n1.netns))
+            .arg("--")
+            .arg(&b.fizz)
+            .args(["net", "inspect", "--json", "--pin-dir"])
+            .arg(b.cluster.0.pin_dir.join("node1"))
+            .output();
+        let v: serde_json::Value = out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or_default();
+        let mut addrs = Vec::new();
+        for s in v["services"].as_array().into_iter().flatten() {
+            for be in s["backends"].as_array().into_iter().flatten() {
+                addrs.extend(be["backend"]["addr"].as_str().and_then(|a| a.parse::<std::net::Ipv4Addr>().ok()));
+            }
+        }
+        addrs
+    };
+    if !backends().iter().any(|a| victims.contains(a)) {
+        bail!("node 3's replicas are not backends on node 1 before the kill");
+    }
+
     let pid: i32 = std::fs::read_to_string(b.cluster.0.run_dir.join("node3.pid"))?.trim().parse()?;
     // SAFETY: signalling the agent process this benchmark started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let killed = Instant::now();
     let survivors = [b.nodes[0].name.clone(), b.nodes[1].name.clone()];
     let mut down = None;
+    let mut out_of_vip = None;
     let replaced = b.until("replacements running", killed, || {
         if down.is_none() && b.state_of(n1, &n3.name).as_deref() == Some("down") {
             down = Some(killed.elapsed().as_secs_f64());
+        }
+        if out_of_vip.is_none() && !backends().iter().any(|a| victims.contains(a)) {
+            out_of_vip = Some(killed.elapsed().as_secs_f64());
         }
         b.ps(n1, project).is_some_and(|p| {
             let r = running(&p);
@@ -169,6 +200,10 @@ fn measure(b: &Bench, file: &Path, project: &str, want: usize, results: &mut Res
         })
     })?;
     results.push("kill_down", "s", down.unwrap_or(replaced));
+    if let (Some(d), Some(v)) = (down, out_of_vip) {
+        // Negative if the VIP dropped them before this poll saw the node down.
+        results.push("down_out_of_vip", "s", v - d);
+    }
     results.push("kill_replaced", "s", replaced);
 
     dev::up(&b.cluster.0, 3, &b.fizz)?;
@@ -199,6 +234,7 @@ fn report(results: &Results, opts: &Options) -> Result<()> {
         ("up_running", "fizz up → every replica running"),
         ("rotate_flowing", "node 2's key rotated → cross-node request answered"),
         ("kill_down", "node killed → down on node 1"),
+        ("down_out_of_vip", "down on node 1 → out of node 1's VIP"),
         ("kill_replaced", "node killed → replacements running"),
         ("rejoin_settled", "node back → exactly the declared count"),
     ] {
