@@ -100,6 +100,8 @@ pub enum Command {
     Nodes { reply: Reply<api::NodesResponse> },
     /// Set and remove a node's labels.
     Label { req: api::LabelRequest, reply: Reply<BTreeMap<String, String>> },
+    /// Forget a node that is gone for good.
+    NodeRm { node: String, reply: Reply<()> },
     /// Give this node a new WireGuard key.
     RotateKey { reply: Reply<api::RotateKeyResponse> },
 }

@@ -179,6 +179,12 @@ pub struct LabelRequest {
     pub remove: Vec<String>,
 }
 
+/// `POST /v1/nodes/rm`: forget a node that is gone for good.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeRmRequest {
+    pub node: String,
+}
+
 /// `POST /v1/cluster/join-token`: the current token, or (`rotate`) a new one.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct JoinTokenRequest {

@@ -161,6 +161,10 @@ async fn nodes(State(ctx): State<Ctx>) -> Result<Json<super::NodesResponse>, Api
     ask(&ctx, |reply| Command::Nodes { reply }).await.map(Json)
 }
 
+async fn node_rm(State(ctx): State<Ctx>, Json(req): Json<super::NodeRmRequest>) -> Result<Json<()>, ApiError> {
+    ask(&ctx, |reply| Command::NodeRm { node: req.node, reply }).await.map(Json)
+}
+
 async fn rotate_key(State(ctx): State<Ctx>) -> Result<Json<super::RotateKeyResponse>, ApiError> {
     ask(&ctx, |reply| Command::RotateKey { reply }).await.map(Json)
 }
@@ -179,6 +183,7 @@ pub fn router(tx: mpsc::Sender<Command>, docker: Docker) -> Router {
         .route("/v1/cluster/join-token", post(join_token))
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/labels", post(label))
+        .route("/v1/nodes/rm", post(node_rm))
         .route("/v1/node/rotate-key", post(rotate_key))
         .with_state(Ctx { tx, docker })
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use hyper::Method;
 
-use crate::api::{client::Client, LabelRequest, RotateKeyResponse};
+use crate::api::{client::Client, LabelRequest, NodeRmRequest, RotateKeyResponse};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Args {
@@ -23,11 +23,22 @@ pub enum Args {
     },
     /// Give this node (the agent asked) a new WireGuard key; its peers take it from gossip.
     RotateKey,
+    /// Forget a node that is gone for good (it must be down): it no longer counts for the
+    /// majority, and its replicas are placed elsewhere.
+    Rm {
+        /// The node, as `fizz nodes` names it.
+        node: String,
+    },
 }
 
 pub async fn run(args: Args, client: &Client) -> Result<()> {
     let (node, labels, remove) = match args {
         Args::Label { node, labels, remove } => (node, labels, remove),
+        Args::Rm { node } => {
+            client.call::<_, ()>(Method::POST, "/v1/nodes/rm", Some(&NodeRmRequest { node: node.clone() })).await?;
+            println!("{node}: removed from the cluster");
+            return Ok(());
+        }
         Args::RotateKey => {
             let r: RotateKeyResponse = client.call::<(), _>(Method::POST, "/v1/node/rotate-key", None).await?;
             println!("{}: new WireGuard public key {}", r.node, r.wg_pubkey);

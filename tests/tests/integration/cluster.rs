@@ -250,7 +250,7 @@ fn own_replicas(ps: &PsResponse, node: &str) -> BTreeMap<u32, String> {
 }
 
 #[test]
-fn a_minority_starts_nothing_and_restarting_every_agent_recreates_nothing() {
+fn a_minority_starts_nothing_restarting_every_agent_recreates_nothing_and_removed_nodes_stop_counting() {
     require_docker!();
     let tag = unique("P");
     let lan = Ipv4Addr::new(10, 94, (std::process::id() % 250) as u8, 0);
@@ -338,6 +338,34 @@ fn a_minority_starts_nothing_and_restarting_every_agent_recreates_nothing() {
     wait_for("3 alive members after the heal", Duration::from_secs(30), alive_everywhere).unwrap();
     wait_for("exactly 3 replicas, once each, on every node's view", Duration::from_secs(40), || members.iter().all(settled))
         .unwrap_or_else(|e| panic!("{e}: {:#?}", members.iter().map(ps).collect::<Vec<_>>()));
+
+    // Nodes 2 and 3 gone for good: node 1 alone is a minority of the three it knows and starts
+    // nothing, until the two are removed (`fizz node rm`, refused while a node is alive).
+    let (ok, out) = cli(&fizz, n1, &["node", "rm", &members[1].name]);
+    assert!(!ok && out.contains("is alive"), "an alive node is not removed: {out}");
+    let (ok, out) = cli(&fizz, n1, &["node", "rm", &n1.name]);
+    assert!(!ok && out.contains("is this node"), "{out}");
+    for i in [2, 3] {
+        let pid: i32 = std::fs::read_to_string(cluster.0.run_dir.join(format!("node{i}.pid"))).unwrap().trim().parse().unwrap();
+        // SAFETY: killing and reaping agents this test started.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+    wait_for("node 1 sees nodes 2 and 3 down", Duration::from_secs(20), || {
+        nodes(&rt, n1).nodes.iter().filter(|m| m.state == "down").count() == 2
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(own_replicas(&ps(n1), &n1.name).len(), 1, "alone among three, node 1 starts nothing");
+    for n in &members[1..] {
+        let (ok, out) = cli(&fizz, n1, &["node", "rm", &n.name]);
+        assert!(ok, "{out}");
+    }
+    assert_eq!(nodes(&rt, n1).nodes.len(), 1, "removed nodes are no longer listed");
+    wait_for("node 1 runs all 3 replicas", Duration::from_secs(30), || own_replicas(&ps(n1), &n1.name).len() == 3)
+        .unwrap_or_else(|e| panic!("{e}: {:#?}", ps(n1)));
 }
 
 /// A `web` service of three replicas answering with `version`, checked healthy, updated by

@@ -206,6 +206,8 @@ impl Agent {
         let nodes = g
             .members()
             .into_iter()
+            // A node removed with `fizz node rm` (down, and no record) is not shown.
+            .filter(|m| m.state != gossip::MemberState::Down || labels.get(&m.name).is_some_and(|(r, _)| r.is_some()))
             .map(|m| api::NodeView {
                 wg_handshake_secs: handshakes.iter().find(|(k, _)| *k == m.wg_pubkey).and_then(|(_, s)| *s),
                 labels: labels.get(&m.name).map(|(_, l)| l.clone()).unwrap_or_default(),
@@ -253,6 +255,29 @@ impl Agent {
         labels.extend(req.set);
         let batch = self.commit(vec![(state::labels_key(&req.node), Some(Value::Labels(labels.clone())))])?;
         Ok((labels, batch))
+    }
+
+    /// Forgets a node that is gone for good: its record, labels and report are deleted, so it
+    /// no longer counts among the members a majority is reckoned from, nor is placed on. A node
+    /// that is alive is refused. If it ever starts again, it writes its record anew and counts
+    /// again.
+    pub(super) fn node_rm(&mut self, node: &str) -> Result<Batch, ApiError> {
+        let Some(g) = &self.gossip else {
+            return Err(ApiError::Invalid("this node is in no cluster".into()));
+        };
+        if node == self.cfg.node {
+            return Err(ApiError::Invalid(format!("{node} is this node: remove it from another one, once its agent is stopped")));
+        }
+        let in_view = g.members().into_iter().find(|m| m.name == node);
+        if let Some(m) = in_view.as_ref().filter(|m| m.state != gossip::MemberState::Down) {
+            let state = if m.state == gossip::MemberState::Alive { "alive" } else { "suspect" };
+            return Err(ApiError::Invalid(format!("{node} is {state}: only a node that is down can be removed (stop its agent first)")));
+        }
+        let known = self.state.nodes().contains_key(node);
+        if in_view.is_none() && !known {
+            return Err(ApiError::NotFound(format!("no node named {node} in this cluster (see `fizz nodes`)")));
+        }
+        self.commit(vec![(state::node_key(node), None), (state::labels_key(node), None), (state::report_key(node), None)])
     }
 
     /// Keeps the peers' addresses, so a restarted agent finds the cluster.

@@ -434,6 +434,16 @@ impl Agent {
                     false
                 }
             },
+            Command::NodeRm { node, reply } => match self.node_rm(&node) {
+                Ok(batch) => {
+                    self.reply_when_spread(batch, reply, ());
+                    true
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    false
+                }
+            },
             Command::RotateKey { reply } => {
                 let _ = reply.send(self.rotate_key().await);
                 false

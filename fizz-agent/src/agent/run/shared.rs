@@ -127,8 +127,8 @@ impl Agent {
     }
 
     /// The members placement counts: the last view of live members that held still for
-    /// [`VIEW_SETTLE`] while this node saw in it a majority of the members it knows (those in
-    /// the gossip view and those with a record in the state). A minority keeps placing by the
+    /// [`VIEW_SETTLE`] while this node saw in it a majority of the members it knows (the live
+    /// ones and those with a record in the state). A minority keeps placing by the
     /// last such view, so it starts nothing for nodes it merely cannot reach; and since the
     /// two sides of a partition notice each other's members one by one, a view must settle
     /// before it counts. None when this node never had such a view since it started (a
@@ -140,12 +140,10 @@ impl Agent {
         let view = g.members();
         let live: BTreeSet<String> =
             view.iter().filter(|m| m.state != gossip::MemberState::Down).map(|m| m.name.clone()).chain([self.cfg.node.clone()]).collect();
-        let known: BTreeSet<String> = view
-            .iter()
-            .map(|m| m.name.clone())
-            .chain(info.iter().filter(|(_, (r, _))| r.is_some()).map(|(n, _)| n.clone()))
-            .chain([self.cfg.node.clone()])
-            .collect();
+        // Live members, and every node with a record (those down count too, until `fizz node
+        // rm` deletes their record).
+        let known: BTreeSet<String> =
+            live.iter().cloned().chain(info.iter().filter(|(_, (r, _))| r.is_some()).map(|(n, _)| n.clone())).collect();
         if live != self.view.0 {
             self.view = (live.clone(), std::time::Instant::now());
         }
