@@ -174,6 +174,13 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> R
     bail!("timed out after {timeout:?} waiting for {what}")
 }
 
+/// Runs `fizz` against a local cluster node's agent: whether it succeeded, and its output
+/// (stdout, then stderr).
+pub fn fizz_on(fizz: &std::path::Path, node: &fizz::dev::DevNode, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(fizz).arg("--socket").arg(&node.socket).args(args).output().expect("running fizz");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
 /// A local cluster (`fizz dev`) in its own layout, removed whole on drop: agents,
 /// namespaces, containers, pins, and the layout's base directory.
 pub struct DevCluster(pub fizz::dev::Layout);

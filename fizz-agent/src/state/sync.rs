@@ -381,7 +381,6 @@ mod tests {
 
     #[tokio::test]
     async fn strangers_and_garbage_change_nothing() {
-        let key = Key::derive_stream(&[3u8; 32]);
         let (addr, snap) = server([3u8; 32], Lww::default()).await;
         let wrong = Key::derive_stream(&[4u8; 32]);
         let e = push(addr, &wrong, vec![(scale_key("p", "a"), entry(1, 1))]).await.unwrap_err();
@@ -395,7 +394,6 @@ mod tests {
             assert!(buf.is_empty());
         }
         assert!(snap.borrow().map.is_empty());
-        let _ = key;
     }
 
     #[tokio::test]

@@ -8,7 +8,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
-    path::Path,
     time::{Duration, Instant},
 };
 
@@ -17,14 +16,8 @@ use fizz::{
     dev::{self, DevNode, Layout},
     docker::RunState,
 };
-use fizz_tests::{fizz_bin, require_docker, unique, wait_for, DevCluster};
+use fizz_tests::{fizz_bin, fizz_on as cli, require_docker, unique, wait_for, DevCluster};
 use hyper::Method;
-
-/// Runs `fizz` against a node's agent: whether it succeeded, and its output.
-fn cli(fizz: &Path, n: &DevNode, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(fizz).arg("--socket").arg(&n.socket).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
-}
 
 /// Exactly `want` replicas, each number once, all running.
 fn settled(ps: &PsResponse, want: usize) -> bool {

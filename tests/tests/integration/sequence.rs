@@ -9,7 +9,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
-    path::Path,
     time::Duration,
 };
 
@@ -19,13 +18,8 @@ use fizz::{
     docker::RunState,
     hash::SplitMix64,
 };
-use fizz_tests::{fizz_bin, require_docker, unique, wait_for, DevCluster};
+use fizz_tests::{fizz_bin, fizz_on as cli, require_docker, unique, wait_for, DevCluster};
 use hyper::Method;
-
-fn cli(fizz: &Path, n: &DevNode, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(fizz).arg("--socket").arg(&n.socket).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
-}
 
 /// A project of one service, `replicas` of it, its definition marked by `variant` (a label:
 /// changing it is an update).

@@ -362,37 +362,21 @@ impl Agent {
     /// Handles one API command; returns whether state changed.
     async fn command(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Up { project, reply } => match self.up(*project) {
-                Ok((resp, batch)) => {
-                    let changed = resp.updated;
-                    self.reply_when_spread(batch, reply, resp);
-                    changed
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                    false
-                }
-            },
-            Command::Down { project, volumes, reply } => match self.down(&project, volumes).await {
-                Ok(batch) => {
-                    self.reply_when_spread(batch, reply, ());
-                    true
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                    true
-                }
-            },
-            Command::Scale { project, service, replicas, reply } => match self.scale(&project, &service, replicas) {
-                Ok(batch) => {
-                    self.reply_when_spread(batch, reply, ());
-                    true
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                    false
-                }
-            },
+            Command::Up { project, reply } => {
+                let result = self.up(*project);
+                let changed = result.as_ref().is_ok_and(|(resp, _)| resp.updated);
+                self.answer_write(result, reply, changed)
+            }
+            Command::Down { project, volumes, reply } => {
+                let result = self.down(&project, volumes).await.map(|batch| ((), batch));
+                self.answer_write(result, reply, true);
+                // Even a failed `down` may have removed containers here.
+                true
+            }
+            Command::Scale { project, service, replicas, reply } => {
+                let result = self.scale(&project, &service, replicas).map(|batch| ((), batch));
+                self.answer_write(result, reply, true)
+            }
             Command::Ps { project, reply } => {
                 let _ = reply.send(Ok(self.ps(project.as_deref())));
                 false
@@ -424,40 +408,22 @@ impl Agent {
                 let _ = reply.send(Ok(self.nodes()));
                 false
             }
-            Command::JoinToken { rotate, reply } => match self.join_token(rotate) {
-                Ok((token, batch)) => {
-                    self.reply_when_spread(batch, reply, token);
-                    false
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                    false
-                }
-            },
-            Command::NodeRm { node, reply } => match self.node_rm(&node) {
-                Ok(batch) => {
-                    self.reply_when_spread(batch, reply, ());
-                    true
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                    false
-                }
-            },
+            Command::JoinToken { rotate, reply } => {
+                let result = self.join_token(rotate);
+                self.answer_write(result, reply, false)
+            }
+            Command::NodeRm { node, reply } => {
+                let result = self.node_rm(&node).map(|batch| ((), batch));
+                self.answer_write(result, reply, true)
+            }
             Command::RotateKey { reply } => {
                 let _ = reply.send(self.rotate_key().await);
                 false
             }
-            Command::Label { req, reply } => match self.label(req) {
-                Ok((labels, batch)) => {
-                    self.reply_when_spread(batch, reply, labels);
-                    true
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                    false
-                }
-            },
+            Command::Label { req, reply } => {
+                let result = self.label(req);
+                self.answer_write(result, reply, true)
+            }
         }
     }
 

@@ -70,6 +70,21 @@ impl Agent {
         });
     }
 
+    /// Answers a write command: once the write is spread when it succeeded, at once with the
+    /// error otherwise. Returns `changed` when it succeeded (whether a pass is due), else false.
+    pub(super) fn answer_write<T: Send + 'static>(&self, result: Result<(T, Batch), ApiError>, reply: Reply<T>, changed: bool) -> bool {
+        match result {
+            Ok((value, batch)) => {
+                self.reply_when_spread(batch, reply, value);
+                changed
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                false
+            }
+        }
+    }
+
     /// Compares state with one random live peer, and with every peer that just appeared.
     pub(super) fn anti_entropy(&mut self) {
         let Some((key, _)) = &self.sync else { return };

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::*;
 use crate::{
     agent::{
-        plan::{FailureAction, ServicePlan},
+        plan::FailureAction,
         rollout::{self, Seen},
     },
     docker::{labels, Health},
@@ -222,14 +222,14 @@ impl Agent {
                 Phase::RollingBack(w) => (api::UpdatePhase::RollingBack, Some(w.clone())),
                 Phase::RolledBack(w) => (api::UpdatePhase::RolledBack, Some(w.clone())),
             };
-            let stale = r.to != svc.config_hash();
+            // A record of an earlier definition (replaced since by an `up` that made none).
+            if r.to != svc.config_hash() {
+                continue;
+            }
             let (updated, total) = match self.updates.progress().get(&(p.clone(), s.clone())) {
                 Some(pr) => (pr.settled, pr.total),
                 None => (svc.replicas as usize, svc.replicas as usize),
             };
-            if stale {
-                continue;
-            }
             out.push(api::UpdateStatus { project: p, service: s, phase, why, updated, total });
         }
         out
@@ -242,16 +242,13 @@ fn verdict(project: &str, service: &str, r: &Rollout, action: FailureAction, why
     let key = state::rollout_key(project, service);
     let paused = |why: String| vec![(key.clone(), Some(Value::Rollout(Rollout { phase: Phase::Paused(why), ..r.clone() })))];
     match (&r.phase, action, &r.previous) {
-        (Phase::Updating, FailureAction::Rollback, Some(previous)) => {
-            let back: &ServicePlan = previous;
-            vec![
-                (state::service_key(project, service), Some(Value::Service(previous.clone()))),
-                (
-                    key.clone(),
-                    Some(Value::Rollout(Rollout { to: back.config_hash(), previous: None, phase: Phase::RollingBack(why.to_string()) })),
-                ),
-            ]
-        }
+        (Phase::Updating, FailureAction::Rollback, Some(previous)) => vec![
+            (state::service_key(project, service), Some(Value::Service(previous.clone()))),
+            (
+                key.clone(),
+                Some(Value::Rollout(Rollout { to: previous.config_hash(), previous: None, phase: Phase::RollingBack(why.to_string()) })),
+            ),
+        ],
         (Phase::RollingBack(first), ..) => paused(format!("{first}; the rollback failed too: {why}")),
         _ => paused(why.to_string()),
     }
