@@ -44,6 +44,11 @@ pub mod map_names {
     /// balanced at connect time (`packets` counts connections, `bytes` is 0;
     /// their packets are not NAT'd, so they are not in `BACKEND_STATS`).
     pub const SOCK_CONNECTS: &str = "FZ_SOCK_CONNECTS";
+    /// Array of `NAT_CLIENT_SLOTS` `u32`, indexed by `nat_client_slot` of
+    /// an address: non-zero when conntrack may hold a reply entry addressed
+    /// to it (a client of a flow NAT'd here). Packets to an address whose
+    /// slot is zero, outside the VIP range, skip the conntrack lookup.
+    pub const NAT_CLIENTS: &str = "FZ_NAT_CLIENTS";
 }
 
 /// Name of the TC program attached at ingress of the host end of each
@@ -54,6 +59,11 @@ pub const PROG_FROM_CONTAINER: &str = "from_container";
 /// (a layer-3 TUN device: packets start at the IPv4 header). It sees every
 /// packet that arrives from another node through the tunnel.
 pub const PROG_FROM_WIREGUARD: &str = "from_wireguard";
+
+/// Name of a classifier that does nothing (it passes each packet to the
+/// next program): the benchmarks' measure of what running any program costs.
+/// The agent never loads it.
+pub const PROG_FLOOR: &str = "fz_floor";
 
 /// Name of the `cgroup/connect4` program: a TCP connect to a VIP from a
 /// container of this node is pointed at a backend before the SYN is sent,
@@ -81,6 +91,17 @@ pub const MAX_CONNTRACK: u32 = 262_144;
 pub const MAX_ENDPOINTS: u32 = 4_096;
 /// Remote container ranges (one per other node).
 pub const MAX_REMOTES: u32 = 1_024;
+/// Slots of `NAT_CLIENTS` (a power of two).
+pub const NAT_CLIENT_SLOTS: u32 = 4_096;
+const _: () = assert!(NAT_CLIENT_SLOTS.is_power_of_two());
+
+/// The `NAT_CLIENTS` slot of an address: its low bits. Addresses that share
+/// a slot share its mark, which costs a lookup, never a wrong answer; a
+/// node range of up to `NAT_CLIENT_SLOTS` addresses gives each its own.
+#[inline(always)]
+pub const fn nat_client_slot(addr_be: u32) -> u32 {
+    u32::from_be(addr_be) & (NAT_CLIENT_SLOTS - 1)
+}
 
 /// IP protocol numbers the datapath understands.
 pub const IPPROTO_TCP: u8 = 6;

@@ -2,7 +2,9 @@
 //!
 //! Order of work for an IPv4 TCP/UDP packet:
 //! 1. conntrack hit → rewrite (forward: destination to the backend; reply:
-//!    source back to the VIP);
+//!    source back to the VIP). Looked up only where an entry can be: for a
+//!    destination in the VIP range, or one marked in `FZ_NAT_CLIENTS`; a
+//!    plain container-to-container packet costs an array read instead;
 //! 2. otherwise, destination in the VIP range → pick a backend, create both
 //!    conntrack entries, rewrite; or reject when there is nowhere to go;
 //! 3. destination is a container on this node → set MACs if needed and
@@ -34,7 +36,7 @@ pub fn from_container(ctx: TcContext) -> i32 {
 /// traffic, counted per backend), or the drop reason.
 #[inline(always)]
 fn try_from_container(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
-    let Ok(eth_proto_be) = ctx.load::<u16>(12) else {
+    let Ok(eth_proto_be) = packet::load::<u16>(ctx, 12) else {
         return Ok((TC_ACT_OK as i32, Some(verdict::PASS)));
     };
     if u16::from_be(eth_proto_be) != ETH_P_IP {
@@ -62,7 +64,8 @@ fn try_from_container(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
     let setup = proto == IPPROTO_UDP || flow.tcp_flags & packet::TCP_SYN != 0;
     // Every outcome yields a defined destination, so that no merged path
     // reads a register the verifier considers uninitialised.
-    let (dst_be, translated) = match nat::translate(ctx, &ip, &flow, is_vip_range)? {
+    let to_vip = is_vip_range(ip.hdr.dst_be);
+    let (dst_be, translated) = match nat::translate(ctx, &ip, &flow, to_vip)? {
         nat::Outcome::Translated { dst_be } => (dst_be, true),
         nat::Outcome::NotService => (ip.hdr.dst_be, false),
         nat::Outcome::Reject(reason) => {

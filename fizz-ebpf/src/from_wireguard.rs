@@ -3,7 +3,8 @@
 //! It sees every packet another node sent through the tunnel, decrypted.
 //!
 //! Order of work for an IPv4 packet:
-//! 1. TCP/UDP: a conntrack hit rewrites it. This is how the reply of a flow
+//! 1. TCP/UDP to a client marked in `FZ_NAT_CLIENTS`: a conntrack hit
+//!    rewrites it. This is how the reply of a flow
 //!    that this node load-balanced to a backend on another node gets its
 //!    VIP back: the backend's node has no conntrack entry for the flow (it
 //!    was translated here), so it routes the reply by address, through the
@@ -40,7 +41,8 @@ pub fn from_wireguard(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_from_wireguard(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
     let pass = Ok((TC_ACT_OK as i32, Some(verdict::FROM_TUNNEL_PASS)));
-    let Ok(ver_ihl) = ctx.load::<u8>(IP_OFF_L3) else {
+    // Two bytes, so that the read is in place (see `packet::load`).
+    let Ok([ver_ihl, _]) = packet::load::<[u8; 2]>(ctx, IP_OFF_L3) else {
         return pass;
     };
     if ver_ihl >> 4 != 4 {
@@ -52,7 +54,8 @@ fn try_from_wireguard(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
     let mut translated = false;
     if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && !ip.later_fragment {
         let flow = Flow::parse(ctx, &ip)?;
-        match nat::translate(ctx, &ip, &flow, never_vip)? {
+        // Packets from the tunnel never start a service flow here.
+        match nat::translate(ctx, &ip, &flow, false)? {
             nat::Outcome::Translated { dst_be: d } => {
                 dst_be = d;
                 translated = true;
@@ -81,10 +84,4 @@ fn try_from_wireguard(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
     } else {
         Err(drop_reason::REDIRECT_FAILED)
     }
-}
-
-/// Packets from the tunnel never start a service flow here.
-#[inline(always)]
-fn never_vip(_addr_be: u32) -> bool {
-    false
 }

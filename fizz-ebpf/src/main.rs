@@ -19,6 +19,7 @@
 #![no_main]
 
 mod checksum;
+mod floor;
 mod from_container;
 mod from_wireguard;
 mod maps;

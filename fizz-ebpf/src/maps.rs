@@ -10,7 +10,7 @@ use fizz_common::{
     Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey, SvcKey,
     SvcValue, VipKey, VipValue, MAX_BACKENDS, MAX_BACKEND_IDS, MAX_CONNTRACK, MAX_ENDPOINTS,
     MAX_SERVICES, MAX_VIPS, drop_reason, verdict, Remote, RemoteAddr, MAX_REMOTES, SockClient,
-    SockPeer,
+    SockPeer, NAT_CLIENT_SLOTS, nat_client_slot,
 };
 
 #[map(name = "FZ_SERVICES")]
@@ -54,6 +54,33 @@ pub static SOCK_PEERS: LruHashMap<u64, SockPeer> = LruHashMap::pinned(MAX_CONNTR
 
 #[map(name = "FZ_SOCK_CONNECTS")]
 pub static SOCK_CONNECTS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_BACKEND_IDS, 0);
+
+#[map(name = "FZ_NAT_CLIENTS")]
+pub static NAT_CLIENTS: Array<u32> = Array::pinned(NAT_CLIENT_SLOTS, 0);
+
+/// Whether conntrack may hold a reply entry addressed to `addr_be` (it
+/// was, or shares a slot with, the client of a flow NAT'd here). When not,
+/// a packet to it outside the VIP range needs no conntrack lookup.
+#[inline(always)]
+pub fn may_be_nat_client(addr_be: u32) -> bool {
+    matches!(NAT_CLIENTS.get(nat_client_slot(addr_be)), Some(&m) if m != 0)
+}
+
+/// Marks `addr_be` as the client of a NAT'd flow, before its conntrack
+/// entries are written (so a reply never finds its address unmarked).
+#[inline(always)]
+pub fn mark_nat_client(addr_be: u32) {
+    if let Some(m) = NAT_CLIENTS.get_ptr_mut(nat_client_slot(addr_be)) {
+        // SAFETY: the pointer comes from a successful array lookup; a plain
+        // aligned store of a flag (written only when not set yet, so the
+        // cache line stays shared once marked).
+        unsafe {
+            if *m == 0 {
+                *m = 1;
+            }
+        }
+    }
+}
 
 /// Whether `addr_be` falls in the configured service VIP range.
 #[inline(always)]

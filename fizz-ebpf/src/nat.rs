@@ -12,7 +12,7 @@ use fizz_common::{
 };
 
 use crate::{
-    maps::{count, BACKENDS, BACKEND_STATS, CONNTRACK, ENDPOINTS, RR, SERVICES, VIPS},
+    maps::{count, mark_nat_client, may_be_nat_client, BACKENDS, BACKEND_STATS, CONNTRACK, ENDPOINTS, RR, SERVICES, VIPS},
     packet::{self, Ipv4, IP_CSUM, IP_DST, IP_SRC, L4_DPORT, L4_SPORT, TCP_CSUM, UDP_CSUM},
 };
 
@@ -59,43 +59,105 @@ pub enum Outcome {
     Reject(u32),
 }
 
+/// Translates a packet of a NAT'd flow, or starts one when `to_vip` (the
+/// destination is in the VIP range). Conntrack is looked up only where an
+/// entry can be: towards a VIP, or towards the client of a flow NAT'd here
+/// (`may_be_nat_client`); any other packet is left alone at the cost of one
+/// array read.
+///
+/// Only these checks are inlined into the entry points: the work behind them
+/// (`forget_stale`, `follow`, `start_flow`) is out of line, in BPF
+/// subprograms laid out after the hot path, so that the instructions every
+/// packet runs stay few and contiguous in the instruction cache.
 #[inline(always)]
-pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: fn(u32) -> bool) -> Result<Outcome, u32> {
-    let len = ctx.len();
+pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, to_vip: bool) -> Result<Outcome, u32> {
     let syn = flow.key.proto == IPPROTO_TCP && flow.tcp_flags & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN;
-    if syn {
-        forget_stale(&flow.key);
+    let marked_src = syn && may_be_nat_client(flow.key.src_be);
+    if syn && (to_vip || marked_src) {
+        forget_stale(&flow.key, to_vip, marked_src);
     }
-    if let Some(ct) = CONNTRACK.get_ptr_mut(&flow.key) {
-        // SAFETY: the pointer comes from a successful lookup; the value is
-        // plain data and a racing update can at worst lose a flag bit.
-        let ct = unsafe { &mut *ct };
-        touch(ct, flow.tcp_flags);
-        count(&BACKEND_STATS, ct.backend_id, len);
-        let hairpin = ct.kind & CT_HAIRPIN != 0;
-        let kind = ct.kind & !CT_HAIRPIN;
-        return if kind == CT_FORWARD {
-            rewrite(ctx, ip, true, flow.key.dst_be, flow.key.dport_be, ct.nat_addr_be, ct.nat_port_be)?;
-            if hairpin {
-                // The client is its own backend: it must see the VIP as the peer.
-                rewrite_addr(ctx, ip, false, flow.key.src_be, flow.key.dst_be)?;
-            }
-            Ok(Outcome::Translated { dst_be: ct.nat_addr_be })
-        } else if kind == CT_REPLY {
-            rewrite(ctx, ip, false, flow.key.src_be, flow.key.sport_be, ct.nat_addr_be, ct.nat_port_be)?;
-            if hairpin {
-                rewrite_addr(ctx, ip, true, flow.key.dst_be, flow.key.src_be)?;
-                return Ok(Outcome::Translated { dst_be: flow.key.src_be });
-            }
-            Ok(Outcome::Translated { dst_be: flow.key.dst_be })
-        } else {
-            Ok(Outcome::NotService)
-        };
-    }
-    if !in_vip_range(flow.key.dst_be) {
+    if !to_vip && !may_be_nat_client(flow.key.dst_be) {
         return Ok(Outcome::NotService);
     }
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&flow.key) {
+        return unpack(follow_out_of_line(ctx, ip, flow, ct));
+    }
+    if !to_vip {
+        return Ok(Outcome::NotService);
+    }
+    unpack(start_flow_out_of_line(ctx, ip, flow))
+}
 
+/// An outcome packed in one fully defined register, as out-of-line
+/// functions return it (the verifier refuses a return value built on bits a
+/// register held before, which an enum's unused payload would leave): the
+/// variant in bits 32–33, the address or reason below.
+#[inline(always)]
+fn pack(r: Result<Outcome, u32>) -> u64 {
+    match r {
+        Ok(Outcome::Translated { dst_be }) => u64::from(dst_be),
+        Ok(Outcome::NotService) => 1 << 32,
+        Ok(Outcome::Reject(reason)) => (2 << 32) | u64::from(reason),
+        Err(reason) => (3 << 32) | u64::from(reason),
+    }
+}
+
+#[inline(always)]
+fn unpack(v: u64) -> Result<Outcome, u32> {
+    let low = v as u32;
+    match v >> 32 {
+        0 => Ok(Outcome::Translated { dst_be: low }),
+        1 => Ok(Outcome::NotService),
+        2 => Ok(Outcome::Reject(low)),
+        _ => Err(low),
+    }
+}
+
+#[inline(never)]
+fn follow_out_of_line(ctx: &TcContext, ip: &Ipv4, flow: &Flow, ct: *mut CtValue) -> u64 {
+    pack(follow(ctx, ip, flow, ct))
+}
+
+#[inline(never)]
+fn start_flow_out_of_line(ctx: &TcContext, ip: &Ipv4, flow: &Flow) -> u64 {
+    pack(start_flow(ctx, ip, flow))
+}
+
+/// Rewrites a packet of a flow in conntrack (`ct`, its entry) and counts it
+/// for the flow's backend.
+#[inline(always)]
+fn follow(ctx: &TcContext, ip: &Ipv4, flow: &Flow, ct: *mut CtValue) -> Result<Outcome, u32> {
+    // SAFETY: the pointer comes from a successful lookup; the value is
+    // plain data and a racing update can at worst lose a flag bit.
+    let ct = unsafe { &mut *ct };
+    touch(ct, flow.tcp_flags);
+    count(&BACKEND_STATS, ct.backend_id, ctx.len());
+    let hairpin = ct.kind & CT_HAIRPIN != 0;
+    let kind = ct.kind & !CT_HAIRPIN;
+    if kind == CT_FORWARD {
+        rewrite(ctx, ip, true, flow.key.dst_be, flow.key.dport_be, ct.nat_addr_be, ct.nat_port_be)?;
+        if hairpin {
+            // The client is its own backend: it must see the VIP as the peer.
+            rewrite_addr(ctx, ip, false, flow.key.src_be, flow.key.dst_be)?;
+        }
+        Ok(Outcome::Translated { dst_be: ct.nat_addr_be })
+    } else if kind == CT_REPLY {
+        rewrite(ctx, ip, false, flow.key.src_be, flow.key.sport_be, ct.nat_addr_be, ct.nat_port_be)?;
+        if hairpin {
+            rewrite_addr(ctx, ip, true, flow.key.dst_be, flow.key.src_be)?;
+            return Ok(Outcome::Translated { dst_be: flow.key.src_be });
+        }
+        Ok(Outcome::Translated { dst_be: flow.key.dst_be })
+    } else {
+        Ok(Outcome::NotService)
+    }
+}
+
+/// A packet to a VIP that no flow in conntrack covers: picks a backend,
+/// writes both conntrack entries and rewrites the packet, or says why not.
+#[inline(always)]
+fn start_flow(ctx: &TcContext, ip: &Ipv4, flow: &Flow) -> Result<Outcome, u32> {
+    let len = ctx.len();
     let Some(svc) = service(flow.key.dst_be, flow.key.dport_be, flow.key.proto) else {
         if VIPS.get_ptr(VipKey { vip_be: flow.key.dst_be }).is_some() {
             return Ok(Outcome::Reject(drop_reason::NO_SERVICE_PORT));
@@ -152,7 +214,9 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, in_vip_range: fn(u32) 
         flags: 0,
         ..fwd
     };
-    // The reply entry goes in first: a reply can never find a half-made flow.
+    // The client is marked, then the reply entry goes in: a reply can never
+    // find a half-made flow, nor be let past unlooked-up.
+    mark_nat_client(flow.key.src_be);
     CONNTRACK.insert(&rev_key, &rev, 0).map_err(|_| drop_reason::CT_FULL)?;
     if CONNTRACK.insert(&flow.key, &fwd, 0).is_err() {
         let _ = CONNTRACK.remove(&rev_key);
@@ -203,24 +267,29 @@ fn rewrite_addr(ctx: &TcContext, ip: &Ipv4, dst: bool, old_be: u32, new_be: u32)
 
 /// A new TCP connection (a SYN) reuses the ports of an older flow: entries
 /// left by that flow must not capture it. Drops a closed forward entry on
-/// the same tuple (the connection is a new flow, balanced afresh), and a
-/// reply entry on the reverse tuple (else the answer to a direct connection
-/// would be rewritten as if from a VIP).
-#[inline(always)]
-fn forget_stale(key: &CtKey) {
-    if let Some(ct) = CONNTRACK.get_ptr(key) {
-        // SAFETY: the pointer comes from a successful lookup and is only read.
-        let ct = unsafe { *ct };
-        if ct.kind & !CT_HAIRPIN == CT_FORWARD && ct.flags & (CT_FLAG_FIN | CT_FLAG_RST) != 0 {
-            let _ = CONNTRACK.remove(&key.peer(&ct));
-            let _ = CONNTRACK.remove(key);
+/// the same tuple (the connection is a new flow, balanced afresh; only a
+/// SYN to a VIP can have one), and a reply entry on the reverse tuple (else
+/// the answer to a direct connection would be rewritten as if from a VIP;
+/// only a marked client, `marked_src`, can have one).
+#[inline(never)]
+fn forget_stale(key: &CtKey, to_vip: bool, marked_src: bool) {
+    if to_vip {
+        if let Some(ct) = CONNTRACK.get_ptr(key) {
+            // SAFETY: the pointer comes from a successful lookup and is only read.
+            let ct = unsafe { *ct };
+            if ct.kind & !CT_HAIRPIN == CT_FORWARD && ct.flags & (CT_FLAG_FIN | CT_FLAG_RST) != 0 {
+                let _ = CONNTRACK.remove(&key.peer(&ct));
+                let _ = CONNTRACK.remove(key);
+            }
         }
     }
-    let reverse = key.reversed();
-    if let Some(ct) = CONNTRACK.get_ptr(&reverse) {
-        // SAFETY: as above.
-        if unsafe { (*ct).kind } & !CT_HAIRPIN == CT_REPLY {
-            let _ = CONNTRACK.remove(&reverse);
+    if marked_src {
+        let reverse = key.reversed();
+        if let Some(ct) = CONNTRACK.get_ptr(&reverse) {
+            // SAFETY: as above.
+            if unsafe { (*ct).kind } & !CT_HAIRPIN == CT_REPLY {
+                let _ = CONNTRACK.remove(&reverse);
+            }
         }
     }
 }

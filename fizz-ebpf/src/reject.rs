@@ -27,8 +27,33 @@ const RST_LEN: usize = ETH_LEN + IP_HDR + TCP_HDR;
 const ICMP_LEN: usize = ETH_LEN + IP_HDR + ICMP_HDR + QUOTE;
 const IPPROTO_ICMP: u8 = 1;
 
+/// Answers the sender at once: a TCP reset, or an ICMP port unreachable.
+/// Returns the TC action and the verdict, or the drop reason.
 #[inline(always)]
 pub fn reject(ctx: &TcContext, ip: &Ipv4, flow: &Flow) -> Result<(i32, u32), u32> {
+    let v = reject_out_of_line(ctx, ip, flow);
+    let low = v as u32;
+    if v >> 63 != 0 {
+        Err(low)
+    } else {
+        Ok(((v >> 32) as i32, low))
+    }
+}
+
+/// `build_reject` out of line (a BPF subprogram: rare, and kept out of the
+/// hot path), its result packed in one fully defined register (the verifier
+/// refuses a return value built on bits a register held before): bit 63
+/// set for a drop, then the action, then the verdict or drop reason.
+#[inline(never)]
+fn reject_out_of_line(ctx: &TcContext, ip: &Ipv4, flow: &Flow) -> u64 {
+    match build_reject(ctx, ip, flow) {
+        Ok((action, verdict)) => (u64::from(action as u32 & 0x7fff_ffff) << 32) | u64::from(verdict),
+        Err(reason) => (1 << 63) | u64::from(reason),
+    }
+}
+
+#[inline(always)]
+fn build_reject(ctx: &TcContext, ip: &Ipv4, flow: &Flow) -> Result<(i32, u32), u32> {
     if ip.l4_off != ETH_LEN + IP_HDR {
         return Err(drop_reason::REJECT_FAILED);
     }

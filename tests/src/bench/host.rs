@@ -1,7 +1,7 @@
 //! What the benchmarks need from the host: Debian packages, installed with
 //! apt-get when one of their programs is missing, saying what is done (as
-//! `cargo xtask build-ebpf` installs what the eBPF build needs), and scratch
-//! directories.
+//! `cargo xtask build-ebpf` installs what the eBPF build needs), scratch
+//! directories, and CPUs kept out of idle for measurements that ask it.
 
 use std::{os::unix::fs::PermissionsExt as _, path::PathBuf, process::Command};
 
@@ -74,5 +74,23 @@ impl WorkDir {
 impl Drop for WorkDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Keeps every CPU out of its sleep states while held: the PM QoS request
+/// that latency benchmarks make (`/dev/cpu_dma_latency` = 0, as tuned's
+/// network-latency profile does), released when dropped. An idle CPU of a
+/// virtual machine halts, and each wake-up exits to the hypervisor, which
+/// costs more than a packet's path and leaves the caches cold; with this
+/// held, a measurement shows the path itself.
+pub struct NoIdle(#[allow(dead_code)] std::fs::File);
+
+impl NoIdle {
+    pub fn hold() -> Result<NoIdle> {
+        use std::io::Write as _;
+        let path = "/dev/cpu_dma_latency";
+        let mut f = std::fs::OpenOptions::new().write(true).open(path).with_context(|| format!("opening {path}"))?;
+        f.write_all(&0i32.to_ne_bytes()).with_context(|| format!("writing {path}"))?;
+        Ok(NoIdle(f))
     }
 }

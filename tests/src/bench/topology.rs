@@ -80,6 +80,27 @@ impl FizzNode {
         &self.node.name
     }
 
+    /// Attaches `fz_floor`, the program that does nothing, in front of
+    /// `from_container` on both containers' veths (it passes every packet
+    /// on, so traffic takes the same path). Detached when the returned
+    /// object is dropped.
+    pub fn attach_floor(&self) -> Result<Floor> {
+        use aya::programs::{links::LinkOrder, tc::TcAttachOptions, SchedClassifier, TcAttachType};
+        let mut ebpf = fizz::net::ebpf::load_floor(&self.node.pins.0).context("loading the floor program")?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(fizz_common::PROG_FLOOR)
+            .context("no floor program in the object")?
+            .try_into()
+            .context("the floor program is no classifier")?;
+        for ifname in [&self.client.host_if, &self._backend.host_if] {
+            self.node
+                .ns
+                .run(|| prog.attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::first())))?
+                .with_context(|| format!("attaching the floor program to {ifname}"))?;
+        }
+        Ok(Floor(ebpf))
+    }
+
     /// Empties the datapath's conntrack (an agent's sweep with every timeout
     /// at zero); returns how many entries went. Closed flows otherwise stay
     /// until an agent sweeps them, 10 s after they closed, and:
@@ -114,6 +135,23 @@ impl FizzNode {
             self.extra = i + 1;
         }
         Ok(())
+    }
+}
+
+/// The floor program, attached; dropping it detaches it.
+pub struct Floor(aya::Ebpf);
+
+impl Floor {
+    /// Its run-time statistics: (runs, run time).
+    pub fn stats(&self) -> Result<(u64, Duration)> {
+        let prog: &aya::programs::SchedClassifier = self
+            .0
+            .program(fizz_common::PROG_FLOOR)
+            .context("no floor program")?
+            .try_into()
+            .context("the floor program is no classifier")?;
+        let info = prog.info().context("reading the floor program's statistics")?;
+        Ok((info.run_count(), info.run_time()))
     }
 }
 

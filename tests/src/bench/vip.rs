@@ -16,11 +16,11 @@ use anyhow::{bail, Context as _, Result};
 use fizz_tests::{wait_for, Container};
 
 use super::{
-    interrupt,
+    host, interrupt,
     load::{self, Mode},
     plot,
     report::{self, Entry, Line, Results},
-    topology::{FizzNode, KernelNode, FIZZ_BACKEND, FIZZ_VIP, IPTABLES_VIP, KERNEL_BACKEND, PROXY_ADDR, VIP_RANGE},
+    topology::{FizzNode, Floor, KernelNode, FIZZ_BACKEND, FIZZ_VIP, IPTABLES_VIP, KERNEL_BACKEND, PROXY_ADDR, VIP_RANGE},
 };
 
 /// Options of `fizz-bench vip`.
@@ -244,24 +244,47 @@ impl Bench {
     /// The program's run time per packet, from the kernel's BPF run-time
     /// statistics (enabled only for these runs, as they add a clock read to
     /// every run): for every metric, through the Fizz VIP and on the direct
-    /// path (which runs the same program, without NAT).
+    /// path (which runs the same program, without NAT), with the CPUs free to
+    /// go idle between packets and kept out of idle (`host::NoIdle`), in turn.
     fn program_cost(&mut self, n: usize) -> Result<()> {
         eprintln!("program cost with {}", services(n));
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
+        let floor = self.fizz.attach_floor()?;
         for _ in 0..self.rounds {
-            for mode in Mode::ALL {
-                for s in [Scenario::Direct, Scenario::FizzVip] {
-                    let series = cost_key(n, mode, s);
-                    let before = self.fizz.dp.program().info().context("reading the program's statistics")?;
-                    self.measure(&series, s, mode, self.dur)?;
-                    let after = self.fizz.dp.program().info().context("reading the program's statistics")?;
-                    let runs = after.run_count().saturating_sub(before.run_count());
-                    let time = after.run_time().saturating_sub(before.run_time());
-                    if runs == 0 {
-                        bail!("the program ran 0 times during {series}: are BPF statistics supported?");
-                    }
-                    self.results.push(&series, "ns/run", time.as_nanos() as f64 / runs as f64);
+            for idle in [Idle::Allowed, Idle::Kept] {
+                let _no_idle = match idle {
+                    Idle::Allowed => None,
+                    Idle::Kept => Some(host::NoIdle::hold()?),
+                };
+                self.program_cost_round(&floor, n, idle)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One round: the program's and the floor program's time per run, from
+    /// the same packets.
+    fn program_cost_round(&mut self, floor: &Floor, n: usize, idle: Idle) -> Result<()> {
+        for mode in Mode::ALL {
+            for s in [Scenario::Direct, Scenario::FizzVip] {
+                let series = cost_key(Cost::Program, n, mode, s, idle);
+                let before = self.fizz.dp.program().info().context("reading the program's statistics")?;
+                let floor_before = floor.stats()?;
+                self.measure(&series, s, mode, self.dur)?;
+                let after = self.fizz.dp.program().info().context("reading the program's statistics")?;
+                let floor_after = floor.stats()?;
+                let runs = after.run_count().saturating_sub(before.run_count());
+                let time = after.run_time().saturating_sub(before.run_time());
+                let floor_runs = floor_after.0.saturating_sub(floor_before.0);
+                let floor_time = floor_after.1.saturating_sub(floor_before.1);
+                if runs == 0 || floor_runs == 0 {
+                    bail!("a program ran 0 times during {series}: are BPF statistics supported?");
                 }
+                let program = time.as_nanos() as f64 / runs as f64;
+                let empty = floor_time.as_nanos() as f64 / floor_runs as f64;
+                self.results.push(&series, "ns/run", program);
+                self.results.push(&cost_key(Cost::Floor, n, mode, s, idle), "ns/run", empty);
+                self.results.push(&cost_key(Cost::AboveFloor, n, mode, s, idle), "ns/run", program - empty);
             }
         }
         Ok(())
@@ -325,17 +348,21 @@ impl Bench {
         }
         sections.push(scale_lines);
 
-        let mut cost = Vec::new();
-        for n in COST_AT {
-            for mode in Mode::ALL {
-                for s in [Scenario::Direct, Scenario::FizzVip] {
-                    let key = cost_key(n, mode, s);
-                    let label = format!("fizz program, {}, {}", s.label(), services(n));
-                    cost.extend(self.line(&key, &key, None, label, &format!("ns per packet, {}", mode.label())));
+        for idle in [Idle::Allowed, Idle::Kept] {
+            let mut cost = Vec::new();
+            for n in COST_AT {
+                for mode in Mode::ALL {
+                    for s in [Scenario::Direct, Scenario::FizzVip] {
+                        for what in [Cost::Program, Cost::Floor, Cost::AboveFloor] {
+                            let key = cost_key(what, n, mode, s, idle);
+                            let label = format!("{}, {}, {}, {}", what.label(), s.label(), services(n), idle.label());
+                            cost.extend(self.line(&key, &key, None, label, &format!("ns per packet, {}", mode.label())));
+                        }
+                    }
                 }
             }
+            sections.push(cost);
         }
-        sections.push(cost);
 
         println!(
             "\nService VIP benchmark: median of {} interleaved rounds of {} s per measurement.",
@@ -365,7 +392,13 @@ impl Bench {
         println!(
             "Program cost: BPF run-time statistics (run time / runs, every packet of both directions) during \
              each metric's runs, enabled only for those runs; the connection-rate runs are mostly set-up and \
-             teardown packets (new conntrack entries), the stream and request/response runs established flows."
+             teardown packets (new conntrack entries), the stream and request/response runs established flows. \
+             Measured twice per round: with the CPUs free to idle between packets (on a virtual machine each \
+             wake-up exits to the hypervisor and leaves the caches cold) and with them kept out of idle \
+             (PM QoS /dev/cpu_dma_latency = 0, as tuned's network-latency profile sets); every other figure \
+             is taken with idle allowed. The floor: fz_floor, a program that does nothing, attached in front \
+             of the Fizz program on the same veths for these runs, measured on the same packets: what running \
+             any program costs here (dispatch, the statistics' clock reads)."
         );
         if let Some((peak, max)) = self.conntrack_peak {
             let note = if peak * 100 >= max * 95 {
@@ -404,9 +437,55 @@ impl Bench {
     }
 }
 
-/// The series of the program's cost per packet.
-fn cost_key(n: usize, mode: Mode, s: Scenario) -> String {
-    format!("prog_ns_per_packet/{n}/{}/{}", mode.key(), s.key())
+/// Whether the CPUs may go idle during a program-cost measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Idle {
+    Allowed,
+    Kept,
+}
+
+impl Idle {
+    fn label(self) -> &'static str {
+        match self {
+            Idle::Allowed => "CPUs idle between packets",
+            Idle::Kept => "CPUs kept out of idle",
+        }
+    }
+}
+
+/// What a program-cost series measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cost {
+    /// `from_container`'s time per run.
+    Program,
+    /// `fz_floor`'s (a program that does nothing) on the same packets.
+    Floor,
+    /// The difference: what `from_container`'s own work costs.
+    AboveFloor,
+}
+
+impl Cost {
+    fn label(self) -> &'static str {
+        match self {
+            Cost::Program => "fizz program",
+            Cost::Floor => "empty program (floor)",
+            Cost::AboveFloor => "fizz program above the floor",
+        }
+    }
+}
+
+/// The series of a program cost per packet.
+fn cost_key(what: Cost, n: usize, mode: Mode, s: Scenario, idle: Idle) -> String {
+    let prefix = match what {
+        Cost::Program => "prog_ns_per_packet",
+        Cost::Floor => "floor_ns_per_packet",
+        Cost::AboveFloor => "prog_above_floor_ns_per_packet",
+    };
+    let idle = match idle {
+        Idle::Allowed => "",
+        Idle::Kept => "_no_idle",
+    };
+    format!("{prefix}{idle}/{n}/{}/{}", mode.key(), s.key())
 }
 
 /// "1 service", "100 services".

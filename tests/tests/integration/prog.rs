@@ -111,6 +111,38 @@ fn vip_udp_is_dnatted_and_a_zero_checksum_stays_zero() {
     assert_eq!(parse(&out.data).unwrap().dport, 5353);
 }
 
+/// Outside the VIP range, conntrack is consulted only for a destination
+/// marked as the client of a flow NAT'd here: a new flow marks its client,
+/// removing the client's endpoint clears the mark (its flows are over), and a
+/// datapath opened over existing flows (an agent restart, an upgrade) marks
+/// their clients again before its programs run.
+#[test]
+fn replies_are_looked_up_only_for_marked_clients() {
+    require_root!();
+    let mut f = fixture();
+    let marked = |dp: &Datapath, a: Ipv4Addr| dp.maps().nat_clients.is_marked(u32::from(a).to_be()).unwrap();
+    let client = Endpoint { ifindex: 1, mac: [0x0a, 0x58, 10, 42, 0, 2], node_mac: NODE_MAC, net_mask: 0, netns_cookie: 0 };
+    f.dp.set_endpoint(CLIENT, client).unwrap();
+    assert!(!marked(&f.dp, CLIENT), "no flow yet");
+
+    let _ = run(&f, &Frame::udp(CLIENT, 5100, VIP, 53).build());
+    assert!(marked(&f.dp, CLIENT), "a NAT'd flow marks its client");
+    assert!(!marked(&f.dp, BACKEND), "and only its client");
+    let reply = Frame::udp(BACKEND, 5353, CLIENT, 5100).build();
+    let p = parse(&run(&f, &reply).data).unwrap();
+    assert_eq!((p.src, p.sport), (VIP, 53), "the reply is reverse-NAT'd");
+
+    f.dp.remove_endpoint(CLIENT).unwrap();
+    assert!(!marked(&f.dp, CLIENT), "a removed client is unmarked");
+    let p = parse(&run(&f, &reply).data).unwrap();
+    assert_eq!((p.src, p.sport), (BACKEND, 5353), "an unmarked destination is not looked up");
+
+    let reopened = Datapath::open(f.dp.pin_dir(), Default::default()).expect("reopen the datapath");
+    assert!(marked(&reopened, CLIENT), "the client of a flow in conntrack is marked again");
+    let p = parse(&test_run(reopened.program(), &reply).unwrap().data).unwrap();
+    assert_eq!((p.src, p.sport), (VIP, 53));
+}
+
 #[test]
 fn a_service_without_declared_ports_takes_any_port_and_exact_ports_win() {
     require_root!();

@@ -12,7 +12,7 @@ use aya::maps::{
 };
 use fizz_common::{
     map_names, Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey,
-    Remote, RemoteAddr, SockClient, SockPeer, SvcKey, SvcValue, VipKey, VipValue,
+    Remote, RemoteAddr, SockClient, SockPeer, SvcKey, SvcValue, VipKey, VipValue, nat_client_slot,
 };
 
 use super::Error;
@@ -138,6 +138,43 @@ impl ConfigMap {
     }
 }
 
+/// The clients of NAT'd flows (`FZ_NAT_CLIENTS`): one flag per slot of
+/// addresses. The program sets a flag before it writes a flow's conntrack
+/// entries; the agent clears one only when no container that can have such
+/// flows is left in the slot.
+pub struct NatClients {
+    map: Array<MapData, u32>,
+}
+
+impl NatClients {
+    fn open(dir: &Path) -> Result<Self, Error> {
+        let name = map_names::NAT_CLIENTS;
+        let map = Array::try_from(open(dir, name)?).map_err(map_err(name))?;
+        Ok(NatClients { map })
+    }
+
+    /// Whether `addr`'s slot is marked.
+    pub fn is_marked(&self, addr_be: u32) -> Result<bool, Error> {
+        Ok(self.map.get(&nat_client_slot(addr_be), 0).map_err(map_err(map_names::NAT_CLIENTS))? != 0)
+    }
+
+    /// Marks (or clears) `addr`'s slot.
+    pub fn set(&mut self, addr_be: u32, marked: bool) -> Result<(), Error> {
+        self.map.set(nat_client_slot(addr_be), u32::from(marked), 0).map_err(map_err(map_names::NAT_CLIENTS))
+    }
+
+    /// How many slots are marked.
+    pub fn marked(&self) -> Result<usize, Error> {
+        let mut n = 0;
+        for v in self.map.iter() {
+            if v.map_err(map_err(map_names::NAT_CLIENTS))? != 0 {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
 /// The container ranges of other nodes (`FZ_REMOTES`, an LPM trie), keyed
 /// by network address and prefix length.
 pub struct Remotes {
@@ -211,6 +248,7 @@ pub struct Maps {
     /// Socket cookie → the VIP it connected to.
     pub sock_peers: TypedHash<u64, SockPeer>,
     pub sock_connects: Counters,
+    pub nat_clients: NatClients,
 }
 
 impl Maps {
@@ -231,6 +269,7 @@ impl Maps {
             sock_clients: TypedHash::open(dir, map_names::SOCK_CLIENTS)?,
             sock_peers: TypedHash::open(dir, map_names::SOCK_PEERS)?,
             sock_connects: Counters::open(dir, map_names::SOCK_CONNECTS)?,
+            nat_clients: NatClients::open(dir)?,
         })
     }
 }

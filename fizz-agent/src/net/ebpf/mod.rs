@@ -228,6 +228,11 @@ impl Datapath {
             .default_map_pin_directory(&maps_dir)
             .load(OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
+        // Every client of a flow in conntrack is marked before the programs
+        // are replaced: programs older than the marks, and a mark lost with
+        // its map, would otherwise let replies skip their reverse NAT.
+        let mut maps = Maps::open(&maps_dir)?;
+        mark_nat_clients(&mut maps)?;
         let prog = adopt_program(&mut ebpf, PROG_FROM_CONTAINER, pin_dir, LINKS)?;
         let wg_prog = adopt_program(&mut ebpf, PROG_FROM_WIREGUARD, pin_dir, WG_LINKS)?;
         let cgroup = cgroup::root()?;
@@ -240,7 +245,6 @@ impl Datapath {
         // The pins hold the programs now; the loader's copies can go.
         drop(ebpf);
 
-        let mut maps = Maps::open(&maps_dir)?;
         maps.config.set(&cfg)?;
         let (installed, ids) = read_installed(&maps)?;
         Ok(Datapath { pin_dir: pin_dir.to_path_buf(), prog, wg_prog, maps, ids, installed })
@@ -351,11 +355,18 @@ impl Datapath {
         self.maps.endpoints.get(&EndpointKey { addr_be: u32::from(addr).to_be() })
     }
 
-    /// Forgets a local container.
+    /// Forgets a local container. Its `NAT_CLIENTS` slot is cleared unless
+    /// another local container shares it: the flows it was the client of are
+    /// over, and the next container at its address starts unmarked.
     pub fn remove_endpoint(&mut self, addr: Ipv4Addr) -> Result<(), Error> {
         let key = EndpointKey { addr_be: u32::from(addr).to_be() };
         let old = self.maps.endpoints.get(&key)?;
         self.maps.endpoints.remove(&key)?;
+        let slot = fizz_common::nat_client_slot(key.addr_be);
+        let shared = self.maps.endpoints.entries()?.iter().any(|(k, _)| fizz_common::nat_client_slot(k.addr_be) == slot);
+        if !shared {
+            self.maps.nat_clients.set(key.addr_be, false)?;
+        }
         match old {
             Some(o) if o.netns_cookie != 0 => self.maps.sock_clients.remove(&o.netns_cookie),
             _ => Ok(()),
@@ -473,6 +484,36 @@ impl Datapath {
 }
 
 /// Where the maps of the current layout are pinned under a pin directory.
+/// Loads `fz_floor`, the program that does nothing, from the datapath's
+/// object (its maps are those pinned in `pin_dir`), for a benchmark to attach
+/// beside `from_container`. The returned object owns the program and its
+/// links: dropping it detaches them.
+pub fn load_floor(pin_dir: &Path) -> Result<Ebpf, Error> {
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(maps_dir(pin_dir))
+        .load(OBJECT)
+        .map_err(|e| Error::Load(Box::new(e)))?;
+    let what = || format!("loading {}", fizz_common::PROG_FLOOR);
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(fizz_common::PROG_FLOOR)
+        .ok_or_else(|| Error::Program { what: what(), source: aya::programs::ProgramError::UnexpectedProgramType })?
+        .try_into()
+        .map_err(|source| Error::Program { what: what(), source })?;
+    prog.load().map_err(|source| Error::Program { what: what(), source })?;
+    Ok(ebpf)
+}
+
+/// Marks the client of every NAT'd flow in conntrack (the destination of
+/// each reply entry) in `NAT_CLIENTS`.
+fn mark_nat_clients(maps: &mut Maps) -> Result<(), Error> {
+    for (k, v) in maps.conntrack.entries()? {
+        if v.kind & !fizz_common::CT_HAIRPIN == fizz_common::CT_REPLY && !maps.nat_clients.is_marked(k.dst_be)? {
+            maps.nat_clients.set(k.dst_be, true)?;
+        }
+    }
+    Ok(())
+}
+
 pub fn maps_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join(format!("maps-v{}", fizz_common::ABI_VERSION))
 }
