@@ -55,6 +55,8 @@ pub struct PlumbRequest {
     pub addr: Ipv4Addr,
     /// MAC of the container's `eth0`.
     pub mac: [u8; 6],
+    /// MTU of both ends: the tunnel's, so that no packet a container sends
+    /// is too long for another node.
     pub mtu: u32,
 }
 
@@ -171,7 +173,7 @@ pub fn plumb(req: &PlumbRequest) -> Result<Plumbed, PlumbError> {
     })?;
 
     let ns = format!("/proc/{}/ns/net", req.pid);
-    let (tmp2, addr, mac) = (format!("fzt{:08x}", req.pid), req.addr, req.mac);
+    let (tmp2, addr, mac, mtu) = (format!("fzt{:08x}", req.pid), req.addr, req.mac, req.mtu);
     netns::run_in(&ns, move || {
         with_handle(|h| async move {
             if let Some(lo) = link_by_name(&h, "lo").await? {
@@ -181,7 +183,7 @@ pub fn plumb(req: &PlumbRequest) -> Result<Plumbed, PlumbError> {
             let idx = peer.header.index;
             disable_ipv6(&tmp2);
             h.link()
-                .set(LinkUnspec::new_with_index(idx).name("eth0".to_string()).address(mac.to_vec()).up().build())
+                .set(LinkUnspec::new_with_index(idx).name("eth0".to_string()).address(mac.to_vec()).mtu(mtu).up().build())
                 .execute()
                 .await
                 .map_err(nl("naming", "eth0"))?;
@@ -241,6 +243,20 @@ pub fn unplumb(host_if: &str) -> Result<(), PlumbError> {
         }
         Ok(())
     })
+}
+
+/// Sets the MTU of the `eth0` of the container whose init is `pid`.
+pub fn set_container_mtu(pid: u32, mtu: u32) -> Result<(), PlumbError> {
+    netns::run_in(&format!("/proc/{pid}/ns/net"), move || {
+        with_handle(|h| async move {
+            let eth0 = link_by_name(&h, "eth0").await?.ok_or_else(|| PlumbError::NoLink("eth0".into()))?;
+            h.link()
+                .set(LinkUnspec::new_with_index(eth0.header.index).mtu(mtu).build())
+                .execute()
+                .await
+                .map_err(nl("setting the MTU of", "eth0"))
+        })
+    })?
 }
 
 /// The host end of a veth, if it exists: `(ifindex, mac)`.

@@ -209,6 +209,9 @@ fn names_resolve_and_networks_isolate() {
     assert_ne!(code, 0, "web must not reach db directly");
     let (code, out) = exec(&rt, &agent, &project, "api", "timeout 5 wget -qO- http://db/");
     assert_eq!((code, out.as_str()), (0, "db"), "api shares `back` with db");
+    let (code, out) = exec(&rt, &agent, &project, "api", "cat /sys/class/net/eth0/mtu");
+    let tunnel_mtu = fizz::net::wireguard::DEFAULT_MTU.to_string();
+    assert_eq!((code, out.trim()), (0, tunnel_mtu.as_str()), "a container's eth0 has the tunnel's MTU");
     let snap = node.ns.run(|| fizz::net::inspect::snapshot(&node.pins.0)).unwrap().unwrap();
     assert!(snap.drops.get("policy-denied").is_some_and(|c| c.packets > 0), "the denied packets are counted: {:?}", snap.drops);
     // The five allowed requests by name were TCP to a VIP from a container:

@@ -100,6 +100,9 @@ struct Agent {
     notes: BTreeMap<Identity, String>,
     /// Rolling updates and draining.
     updates: update::Updates,
+    /// Containers adopted with a veth whose `eth0` MTU this agent has set
+    /// (older agents left it at 1500, over the tunnel's).
+    mtu_set: BTreeSet<String>,
     docker_ok: bool,
     /// The last Docker error reported, so an outage is logged once.
     docker_error: Option<String>,
@@ -184,6 +187,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         observed: Vec::new(),
         notes: BTreeMap::new(),
         updates: update::Updates::default(),
+        mtu_set: BTreeSet::new(),
         docker_ok: true,
         docker_error: None,
         gossip: None,
@@ -533,6 +537,7 @@ impl Agent {
     }
 
     fn dp_remove_container(&mut self, id: &str, containers: &[ContainerInfo]) -> Result<(), String> {
+        self.mtu_set.remove(id);
         if let Some((_, Some(addr))) = containers.iter().find(|c| c.id == id).and_then(identity) {
             self.dp.remove_endpoint(addr).map_err(|e| e.to_string())?;
         }
@@ -550,6 +555,14 @@ impl Agent {
             match plumb::host_link(&name) {
                 Ok(Some((ifindex, node_mac))) => {
                     let _ = self.dp.attach(&name);
+                    if !self.mtu_set.contains(&c.id) {
+                        match plumb::set_container_mtu(pid, self.cfg.mtu) {
+                            Ok(()) => {
+                                self.mtu_set.insert(c.id.clone());
+                            }
+                            Err(e) => eprintln!("fizz agent: setting the MTU of {}: {e}", c.name),
+                        }
+                    }
                     // The namespace is the one the endpoint was declared
                     // with while its veth lives: no need to enter it again.
                     let netns_cookie = match self.dp.endpoint(addr) {
