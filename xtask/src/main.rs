@@ -10,7 +10,8 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   build-ebpf          install what the eBPF build needs (rust-src, bpf-linker) when
                       missing, then build fizz-ebpf for bpfel-unknown-none
-  bench <name> [...]  run a benchmark: vip, up, dns, failover, update (these five as root), gossip, placement;
+  bench <name> [...]  run a benchmark: vip, up, dns, failover, update, tunnel (these six as root), gossip,
+                      placement;
                       arguments after the name go to the benchmark (--help lists them)";
 
 fn main() -> ExitCode {
@@ -46,12 +47,12 @@ fn run() -> Result<()> {
 /// runs the one asked for.
 fn bench(args: &[String]) -> Result<()> {
     if args.is_empty() {
-        bail!("bench needs a name: vip, up, dns, failover, update, gossip or placement\n\n{USAGE}");
+        bail!("bench needs a name: vip, up, dns, failover, update, tunnel, gossip or placement\n\n{USAGE}");
     }
     ebpf::install_prerequisites()?;
     let root = ebpf::workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    if ["up", "failover", "update"].contains(&args[0].as_str()) {
+    if ["up", "failover", "update", "tunnel"].contains(&args[0].as_str()) {
         // Those benchmarks run the release `fizz` found next to fizz-bench.
         let status = Command::new(&cargo)
             .current_dir(&root)

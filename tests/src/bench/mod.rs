@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod report;
 pub mod servers;
 pub mod topology;
+pub mod tunnel;
 pub mod up;
 pub mod update;
 pub mod vip;

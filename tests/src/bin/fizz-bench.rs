@@ -42,6 +42,10 @@ enum Bench {
     /// start-first, rolling stop-first and all at once; time and requests
     /// answered.
     Update(bench::update::Options),
+    /// A local 2-node cluster: cross-node container → container stream
+    /// throughput and round trips through Fizz vs a bare userspace WireGuard
+    /// tunnel (boringtun-cli) between the same nodes.
+    Tunnel(bench::tunnel::Options),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         Bench::Placement(opts) => bench::placement::run(&opts),
         Bench::Failover(opts) => bench::failover::run(&opts),
         Bench::Update(opts) => bench::update::run(&opts),
+        Bench::Tunnel(opts) => bench::tunnel::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
