@@ -507,6 +507,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_node_range_of_4096_addresses_gives_each_its_own_nat_client_slot() {
+        let addr = |a: u8, b: u8, c: u8, d: u8| u32::from_be_bytes([a, b, c, d]).to_be();
+        assert_eq!(nat_client_slot(addr(10, 42, 0, 5)), 5);
+        assert_eq!(nat_client_slot(addr(10, 42, 1, 5)), 0x105);
+        // A /20 maps one to one; addresses 4,096 apart share a slot.
+        let mut seen = [false; NAT_CLIENT_SLOTS as usize];
+        for i in 0..NAT_CLIENT_SLOTS {
+            let slot = nat_client_slot((u32::from_be_bytes([10, 42, 16, 0]) + i).to_be()) as usize;
+            assert!(!seen[slot], "slot {slot} taken twice");
+            seen[slot] = true;
+        }
+        assert_eq!(nat_client_slot(addr(10, 42, 16, 5)), nat_client_slot(addr(10, 42, 0, 5)));
+    }
+
+    #[test]
     fn drop_reasons_have_names() {
         for r in 1..drop_reason::MAX {
             assert_ne!(drop_reason::name(r), "unknown", "reason {r}");
