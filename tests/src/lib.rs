@@ -181,11 +181,49 @@ pub fn fizz_on(fizz: &std::path::Path, node: &fizz::dev::DevNode, args: &[&str])
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
+/// Runs `fizz` against a local cluster node's agent and returns its standard output, or an
+/// error with everything it printed.
+pub fn fizz_ok(fizz: &std::path::Path, node: &fizz::dev::DevNode, args: &[&str]) -> Result<String> {
+    let out = Command::new(fizz).arg("--socket").arg(&node.socket).args(args).output().context("running fizz")?;
+    if !out.status.success() {
+        bail!("fizz {}: {}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// How many members `node`'s agent sees alive (0 while it does not answer).
+pub fn alive_members(rt: &tokio::runtime::Runtime, node: &fizz::dev::DevNode) -> usize {
+    let r: Option<fizz::api::NodesResponse> = rt
+        .block_on(fizz::api::client::Client::new(&node.socket).call::<(), _>(hyper::Method::GET, "/v1/nodes", None))
+        .ok();
+    r.map_or(0, |r| r.nodes.iter().filter(|m| m.state == "alive").count())
+}
+
 /// A local cluster (`fizz dev`) in its own layout, removed whole on drop: agents,
 /// namespaces, containers, pins, and the layout's base directory.
 pub struct DevCluster(pub fizz::dev::Layout);
 
 impl DevCluster {
+    /// Starts `n` agents of `fizz` in a private layout (names from `tag`, the LAN `lan`/24),
+    /// forms them into one cluster, and waits up to `timeout` until every node sees all `n`
+    /// alive.
+    pub fn start(
+        tag: &str,
+        lan: Ipv4Addr,
+        n: u32,
+        fizz: &std::path::Path,
+        rt: &tokio::runtime::Runtime,
+        timeout: Duration,
+    ) -> Result<(DevCluster, Vec<fizz::dev::DevNode>)> {
+        let cluster = DevCluster(fizz::dev::Layout::isolated(tag, lan));
+        let nodes = fizz::dev::up(&cluster.0, n, fizz)?;
+        fizz::dev::form_cluster(&nodes)?;
+        wait_for(&format!("{n} alive members everywhere"), timeout, || {
+            nodes.iter().all(|node| alive_members(rt, node) == n as usize)
+        })?;
+        Ok((cluster, nodes))
+    }
+
     /// A file in the cluster's base directory (for Compose files), written now.
     pub fn file(&self, name: &str, text: &str) -> Result<PathBuf> {
         let dir = self.0.run_dir.parent().context("the layout has no base directory")?.join("files");

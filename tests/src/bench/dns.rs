@@ -445,15 +445,6 @@ fn wait_readable(socket: &UdpSocket, timeout: Duration) -> Result<bool> {
     Ok(rc > 0)
 }
 
-/// The value below which a fraction `q` of `sorted` lies (nearest rank).
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// A deterministic shuffle of `0..n`, each index `times` times.
 fn shuffled(n: u32, times: u32) -> Vec<u32> {
     let mut v: Vec<u32> = (0..times).flat_map(|_| 0..n).collect();
@@ -614,7 +605,7 @@ impl Bench {
         if p.lost + p.bad > 0 {
             *self.losses.entry(series).or_default() += p.lost + p.bad;
         }
-        let (p50, p99) = (percentile(&l, 0.5), percentile(&l, 0.99));
+        let (p50, p99) = (report::percentile(&l, 0.5), report::percentile(&l, 0.99));
         self.results.push(&format!("dns/latency_p50/{}", t.key()), "us", p50);
         self.results.push(&format!("dns/latency_p99/{}", t.key()), "us", p99);
         eprintln!("  dns/latency/{}: p50 {p50:.0} us, p99 {p99:.0} us ({} answers)", t.key(), l.len());
@@ -764,15 +755,6 @@ mod tests {
         assert!(answered(&reply));
         reply[2] |= 0x02;
         assert!(!answered(&reply), "truncated");
-    }
-
-    #[test]
-    fn percentiles_take_the_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 0.5), 50.0);
-        assert_eq!(percentile(&v, 0.99), 99.0);
-        assert_eq!(percentile(&v[..1], 0.99), 1.0);
-        assert!(percentile(&[], 0.5).is_nan());
     }
 
     #[test]

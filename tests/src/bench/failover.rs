@@ -30,13 +30,13 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use fizz::{
     api::{client::Client, NodesResponse, PsResponse},
-    dev::{self, DevNode, Layout},
+    dev::{self, DevNode},
     docker::RunState,
 };
 use hyper::Method;
 
 use super::report::{self, Line, Results};
-use fizz_tests::{fizz_bin, wait_for, DevCluster, BUSYBOX_IMAGE};
+use fizz_tests::{fizz_bin, fizz_ok, wait_for, DevCluster, BUSYBOX_IMAGE};
 
 /// Options of `fizz-bench failover`.
 #[derive(clap::Args, Debug)]
@@ -69,11 +69,7 @@ impl Bench {
     }
 
     fn cli(&self, n: &DevNode, args: &[&str]) -> Result<()> {
-        let out = Command::new(&self.fizz).arg("--socket").arg(&n.socket).args(args).output().context("running fizz")?;
-        if !out.status.success() {
-            bail!("fizz {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
+        fizz_ok(&self.fizz, n, args).map(drop)
     }
 
     /// Seconds from `since` until `f` holds.
@@ -98,15 +94,10 @@ pub fn run(opts: &Options) -> Result<()> {
     let fizz = fizz_bin().context("the benchmark runs the release `fizz`, which `cargo xtask bench failover` builds")?;
     let tag = format!("fzbf{}", std::process::id() % 10_000);
     let lan = Ipv4Addr::new(10, 95, (std::process::id() % 250) as u8, 0);
-    let cluster = DevCluster(Layout::isolated(&tag, lan));
     eprintln!("starting a 3-node local cluster ({tag})");
-    let nodes = dev::up(&cluster.0, 3, &fizz)?;
-    dev::form_cluster(&nodes)?;
-    let b = Bench { rt: tokio::runtime::Runtime::new()?, fizz, cluster, nodes };
-    let names: Vec<String> = b.nodes.iter().map(|n| n.name.clone()).collect();
-    b.until("3 alive members", Instant::now(), || {
-        b.nodes.iter().all(|n| names.iter().all(|m| b.state_of(n, m).as_deref() == Some("alive")))
-    })?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let (cluster, nodes) = DevCluster::start(&tag, lan, 3, &fizz, &rt, LIMIT)?;
+    let b = Bench { rt, fizz, cluster, nodes };
     let file = b.cluster.file("compose.yaml", &compose(opts.replicas))?;
 
     let mut results = Results::default();

@@ -51,6 +51,15 @@ pub fn median(values: &[f64]) -> Option<f64> {
     Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
+/// The value below which a fraction `q` of `sorted` lies (nearest rank); NaN when empty.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 /// One series in the report, as written to JSON.
 #[derive(Clone, Debug, Serialize)]
 pub struct Entry {
@@ -154,4 +163,18 @@ pub fn out_dir() -> Result<std::path::PathBuf> {
 /// A path as printed: without a `tests/..` detour.
 pub fn display(p: &Path) -> String {
     p.canonicalize().unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v[..1], 0.99), 1.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
 }

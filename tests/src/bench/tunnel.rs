@@ -39,20 +39,20 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use fizz::{
-    api::{client::Client, NodesResponse, PsResponse, Replica},
-    dev::{self, DevNode, Layout},
+    api::{client::Client, PsResponse, Replica},
+    dev::DevNode,
     docker::RunState,
     net::{netns, wireguard},
 };
 use hyper::Method;
 
 use super::{
-    interrupt,
+    host, interrupt,
     load::{self, Mode, IO_TIMEOUT},
     report::{self, Entry, Line, Results},
     servers,
 };
-use fizz_tests::{fizz_bin, sh, wait_for, DevCluster, BUSYBOX_IMAGE};
+use fizz_tests::{fizz_bin, fizz_ok, sh, wait_for, DevCluster, BUSYBOX_IMAGE};
 
 /// Options of `fizz-bench tunnel`.
 #[derive(clap::Args, Debug)]
@@ -197,18 +197,14 @@ pub fn run(opts: &Options) -> Result<()> {
     // Locals drop in reverse: the servers, then the bare tunnel, then the cluster.
     let tag = format!("fzbt{}", std::process::id() % 10_000);
     let lan = Ipv4Addr::new(10, 93, (std::process::id() % 250) as u8, 0);
-    let cluster = DevCluster(Layout::isolated(&tag, lan));
-    let _reaper = Reaper(&cluster.0);
     eprintln!("starting a 2-node local cluster ({tag})");
-    let nodes = dev::up(&cluster.0, 2, &fizz)?;
-    dev::form_cluster(&nodes)?;
     let rt = tokio::runtime::Runtime::new()?;
-    wait_for("2 alive members", READY_TIMEOUT, || nodes.iter().all(|n| alive(&rt, n) == 2))?;
+    let (cluster, nodes) = DevCluster::start(&tag, lan, 2, &fizz, &rt, READY_TIMEOUT)?;
 
     eprintln!("deploying 2 replicas, one per node");
     let file = cluster.file("compose.yaml", &compose())?;
     let file = file.to_str().context("the Compose file's path is not UTF-8")?;
-    fizz_cli(&fizz, &nodes[0], &["up", "-d", "-f", file, "-p", PROJECT])?;
+    fizz_ok(&fizz, &nodes[0], &["up", "-d", "-f", file, "-p", PROJECT])?;
     let [client, server] = replicas(&rt, &nodes)?;
     let client_ns = container_netns(&client)?;
     let server_ns = container_netns(&server)?;
@@ -263,50 +259,10 @@ pub fn run(opts: &Options) -> Result<()> {
     bench.report(&SetUp { boringtun_version, fizz_mtu, plumbed_mtu, container_mtu, bare_mtu })
 }
 
-/// Reaps the cluster's agents, which are this process's children, while the cluster is torn
-/// down after it: `dev::down` waits for each agent's pid to go, and an unreaped child stays
-/// (a zombie) until its 20 s limit.
-struct Reaper<'a>(&'a Layout);
-
-impl Drop for Reaper<'_> {
-    fn drop(&mut self) {
-        let pids: Vec<i32> = self
-            .0
-            .existing()
-            .iter()
-            .filter_map(|n| std::fs::read_to_string(self.0.run_dir.join(format!("node{}.pid", n.index))).ok())
-            .filter_map(|s| s.trim().parse().ok())
-            .collect();
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            let mut left = pids;
-            while !left.is_empty() && start.elapsed() < Duration::from_secs(60) {
-                // SAFETY: waitpid on specific pids of our own children, without blocking.
-                left.retain(|&pid| unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } == 0);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-    }
-}
-
 fn compose() -> String {
     format!(
         "services:\n  peer:\n    image: {BUSYBOX_IMAGE}\n    command: [\"sleep\", \"1000000\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: 2\n      placement:\n        max_replicas_per_node: 1\n"
     )
-}
-
-fn fizz_cli(fizz: &Path, n: &DevNode, args: &[&str]) -> Result<()> {
-    let out = Command::new(fizz).arg("--socket").arg(&n.socket).args(args).output().context("running fizz")?;
-    if !out.status.success() {
-        bail!("fizz {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-fn alive(rt: &tokio::runtime::Runtime, n: &DevNode) -> usize {
-    let r: Option<NodesResponse> =
-        rt.block_on(Client::new(&n.socket).call::<(), _>(Method::GET, "/v1/nodes", None)).ok();
-    r.map_or(0, |r| r.nodes.iter().filter(|m| m.state == "alive").count())
 }
 
 /// The running replicas on node 1 and on node 2, once both run with an address. Each from
@@ -415,12 +371,7 @@ fn udp_rcvbuf_errors(nodes_ns: &[String; 2]) -> Result<u64> {
 /// `boringtun-cli` from the PATH or `target/tools/bin`, installed there when missing.
 fn boringtun_cli() -> Result<PathBuf> {
     const NAME: &str = "boringtun-cli";
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(NAME))
-        .find(|p| p.is_file());
-    if let Some(p) = on_path {
+    if let Some(p) = host::find(NAME) {
         return Ok(p);
     }
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -602,11 +553,6 @@ fn round_trips(addr: SocketAddr, dur: Duration) -> Result<Vec<f64>> {
     Ok(trips)
 }
 
-/// The `p`-th percentile (nearest rank) of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
 
 impl Bench {
     fn target(&self, s: Scenario) -> &Target {
@@ -676,8 +622,8 @@ impl Bench {
             }
             Metric::Latency => {
                 let v = self.latencies(s, self.dur)?;
-                self.results.push(&format!("rtt_p50/{k}"), "µs", percentile(&v, 50.0));
-                self.results.push(&format!("rtt_p99/{k}"), "µs", percentile(&v, 99.0));
+                self.results.push(&format!("rtt_p50/{k}"), "µs", report::percentile(&v, 0.5));
+                self.results.push(&format!("rtt_p99/{k}"), "µs", report::percentile(&v, 0.99));
                 Ok(None)
             }
         }

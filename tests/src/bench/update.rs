@@ -21,16 +21,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use fizz::{
-    api::{client::Client, NodesResponse, PsResponse},
-    dev::{self, DevNode, Layout},
+    api::{client::Client, PsResponse},
+    dev::DevNode,
     docker::{Health, RunState},
 };
 use hyper::Method;
 
 use super::report::{self, Line, Results};
-use fizz_tests::{fizz_bin, wait_for, DevCluster, BUSYBOX_IMAGE};
+use fizz_tests::{fizz_bin, fizz_ok, wait_for, DevCluster, BUSYBOX_IMAGE};
 
 /// Options of `fizz-bench update`.
 #[derive(clap::Args, Debug)]
@@ -100,20 +100,11 @@ impl Bench {
     }
 
     fn cli(&self, n: &DevNode, args: &[&str]) -> Result<String> {
-        let out = self.fizz(n).args(args).output().context("running fizz")?;
-        if !out.status.success() {
-            bail!("fizz {}: {}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        fizz_ok(&self.fizz, n, args)
     }
 
     fn ps(&self, n: &DevNode, project: &str) -> Option<PsResponse> {
         self.rt.block_on(Client::new(&n.socket).call::<(), _>(Method::GET, &format!("/v1/ps?project={project}"), None)).ok()
-    }
-
-    fn alive(&self, n: &DevNode) -> usize {
-        let r: Option<NodesResponse> = self.rt.block_on(Client::new(&n.socket).call::<(), _>(Method::GET, "/v1/nodes", None)).ok();
-        r.map_or(0, |r| r.nodes.iter().filter(|m| m.state == "alive").count())
     }
 }
 
@@ -121,12 +112,10 @@ pub fn run(opts: &Options) -> Result<()> {
     let fizz = fizz_bin().context("the benchmark runs the release `fizz`, which `cargo xtask bench update` builds")?;
     let tag = format!("fzbu{}", std::process::id() % 10_000);
     let lan = Ipv4Addr::new(10, 91, (std::process::id() % 250) as u8, 0);
-    let cluster = DevCluster(Layout::isolated(&tag, lan));
     eprintln!("starting a 3-node local cluster ({tag})");
-    let nodes = dev::up(&cluster.0, 3, &fizz)?;
-    dev::form_cluster(&nodes)?;
-    let b = Bench { rt: tokio::runtime::Runtime::new()?, fizz, cluster, nodes };
-    wait_for("3 alive members", Duration::from_secs(30), || b.nodes.iter().all(|n| b.alive(n) == 3))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let (cluster, nodes) = DevCluster::start(&tag, lan, 3, &fizz, &rt, Duration::from_secs(30))?;
+    let b = Bench { rt, fizz, cluster, nodes };
     let project = "update";
     let mut version = 0;
     let mut deploy = |way: &str| -> Result<(f64, String)> {

@@ -247,15 +247,12 @@ fn a_minority_starts_nothing_restarting_every_agent_recreates_nothing_and_remove
     require_docker!();
     let tag = unique("P");
     let lan = Ipv4Addr::new(10, 94, (std::process::id() % 250) as u8, 0);
-    let cluster = DevCluster(Layout::isolated(&tag, lan));
     let fizz = fizz_bin().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let members = dev::up(&cluster.0, 3, &fizz).unwrap();
-    dev::form_cluster(&members).unwrap();
+    let (cluster, members) = DevCluster::start(&tag, lan, 3, &fizz, &rt, Duration::from_secs(15)).unwrap();
     let alive_everywhere = || {
         members.iter().all(|n| nodes(&rt, n).nodes.iter().filter(|m| m.state == "alive").count() == 3)
     };
-    wait_for("3 alive members everywhere", Duration::from_secs(15), alive_everywhere).unwrap();
 
     let file = cluster
         .file(
@@ -555,13 +552,10 @@ fn ten_percent_loss_declares_no_one_down_and_agent_restarts_keep_connections() {
     require_docker!();
     let tag = unique("L");
     let lan = Ipv4Addr::new(10, 90, (std::process::id() % 250) as u8, 0);
-    let cluster = DevCluster(Layout::isolated(&tag, lan));
     let fizz = fizz_bin().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let members = dev::up(&cluster.0, 3, &fizz).unwrap();
-    dev::form_cluster(&members).unwrap();
+    let (cluster, members) = DevCluster::start(&tag, lan, 3, &fizz, &rt, Duration::from_secs(15)).unwrap();
     let alive_everywhere = || members.iter().all(|n| nodes(&rt, n).nodes.iter().filter(|m| m.state == "alive").count() == 3);
-    wait_for("3 alive members", Duration::from_secs(15), alive_everywhere).unwrap();
 
     // 10% of every frame on the LAN dropped for 60 s (gossip, state sync, WireGuard): nobody is
     // declared down.

@@ -14,11 +14,11 @@ use std::{
 
 use fizz::{
     api::{client::Client, PsResponse},
-    dev::{self, DevNode, Layout},
+    dev::{self, DevNode},
     docker::RunState,
     hash::SplitMix64,
 };
-use fizz_tests::{fizz_bin, fizz_on as cli, require_docker, unique, wait_for, DevCluster};
+use fizz_tests::{alive_members, fizz_bin, fizz_on as cli, require_docker, unique, wait_for, DevCluster};
 use hyper::Method;
 
 /// A project of one service, `replicas` of it, its definition marked by `variant` (a label:
@@ -63,18 +63,10 @@ fn a_random_sequence_during_faults_ends_as_acknowledged() {
     let mut rng = SplitMix64(seed);
     let tag = unique("Q");
     let lan = Ipv4Addr::new(10, 92, (std::process::id() % 250) as u8, 0);
-    let cluster = DevCluster(Layout::isolated(&tag, lan));
     let fizz = fizz_bin().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let members = dev::up(&cluster.0, 3, &fizz).unwrap();
-    dev::form_cluster(&members).unwrap();
-    let alive_everywhere = || {
-        members.iter().all(|n| {
-            rt.block_on(Client::new(&n.socket).call::<(), fizz::api::NodesResponse>(Method::GET, "/v1/nodes", None))
-                .is_ok_and(|r| r.nodes.iter().filter(|m| m.state == "alive").count() == 3)
-        })
-    };
-    wait_for("3 alive members", Duration::from_secs(15), alive_everywhere).unwrap();
+    let (cluster, members) = DevCluster::start(&tag, lan, 3, &fizz, &rt, Duration::from_secs(15)).unwrap();
+    let alive_everywhere = || members.iter().all(|n| alive_members(&rt, n) == 3);
 
     let projects = [format!("{}a", tag.to_lowercase()), format!("{}b", tag.to_lowercase())];
     // What the acknowledged commands say each project runs: (replicas, variant), or nothing.

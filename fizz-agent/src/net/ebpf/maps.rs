@@ -162,17 +162,6 @@ impl NatClients {
     pub fn set(&mut self, addr_be: u32, marked: bool) -> Result<(), Error> {
         self.map.set(nat_client_slot(addr_be), u32::from(marked), 0).map_err(map_err(map_names::NAT_CLIENTS))
     }
-
-    /// How many slots are marked.
-    pub fn marked(&self) -> Result<usize, Error> {
-        let mut n = 0;
-        for v in self.map.iter() {
-            if v.map_err(map_err(map_names::NAT_CLIENTS))? != 0 {
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
 }
 
 /// The container ranges of other nodes (`FZ_REMOTES`, an LPM trie), keyed

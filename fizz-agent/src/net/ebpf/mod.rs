@@ -506,10 +506,16 @@ pub fn load_floor(pin_dir: &Path) -> Result<Ebpf, Error> {
 /// Marks the client of every NAT'd flow in conntrack (the destination of
 /// each reply entry) in `NAT_CLIENTS`.
 fn mark_nat_clients(maps: &mut Maps) -> Result<(), Error> {
-    for (k, v) in maps.conntrack.entries()? {
-        if v.kind & !fizz_common::CT_HAIRPIN == fizz_common::CT_REPLY && !maps.nat_clients.is_marked(k.dst_be)? {
-            maps.nat_clients.set(k.dst_be, true)?;
-        }
+    // One write per slot, however many flows its clients have.
+    let clients: BTreeMap<u32, u32> = maps
+        .conntrack
+        .entries()?
+        .into_iter()
+        .filter(|(_, v)| v.kind & !fizz_common::CT_HAIRPIN == fizz_common::CT_REPLY)
+        .map(|(k, _)| (fizz_common::nat_client_slot(k.dst_be), k.dst_be))
+        .collect();
+    for addr_be in clients.into_values() {
+        maps.nat_clients.set(addr_be, true)?;
     }
     Ok(())
 }
