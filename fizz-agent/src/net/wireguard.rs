@@ -26,7 +26,10 @@
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    os::unix::net::UnixStream,
+    os::{
+        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _},
+        unix::net::UnixStream,
+    },
     path::PathBuf,
     str::FromStr,
     time::{Duration, Instant, SystemTime},
@@ -51,6 +54,12 @@ const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The directory of the userspace control sockets, shared by all namespaces.
 const SOCKET_DIR: &str = "/var/run/wireguard";
+
+/// The receive and send buffer Fizz gives each UDP socket of its device (the kernel reports
+/// and allows twice this). At the kernel's default (`net.core.rmem_default`, 208 KiB) the
+/// receiving device drops a sixth of a TCP stream's datagrams whenever its worker falls
+/// behind for a moment; 7 MiB is what wireguard-go sets for the same reason.
+pub const SOCKET_BUFFER: u32 = 7 << 20;
 
 /// Errors of the WireGuard device, naming the interface.
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +220,9 @@ pub struct WireGuard {
     netns: String,
     ifindex: u32,
     public_key: PublicKey,
+    /// The UDP port and the network namespace (its inode) of the device's sockets.
+    port: u16,
+    netns_ino: u64,
 }
 
 /// The signalfds open in this process.
@@ -231,13 +243,107 @@ fn signalfds() -> std::collections::BTreeSet<i32> {
 /// The signalfds it made are replaced by /dev/null (their epoll registrations go with them):
 /// stopping the device is the agent's decision.
 fn disarm_signalfds(before: &std::collections::BTreeSet<i32>) {
-    use std::os::fd::AsRawFd as _;
     let Ok(null) = std::fs::File::open("/dev/null") else { return };
     for fd in signalfds().difference(before) {
         // SAFETY: `fd` is a signalfd the device just opened; dup2 atomically points that
         // number at /dev/null, which the device may close later like its own.
         unsafe { libc::dup2(null.as_raw_fd(), *fd) };
     }
+}
+
+/// The inode of the network namespace at `path` (0 if it cannot be read).
+pub fn namespace_ino(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0)
+}
+
+/// Calls `f` with each socket among this process's file descriptors.
+fn for_own_sockets(mut f: impl FnMut(BorrowedFd<'_>)) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    for e in dir.flatten() {
+        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let is_socket = std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        if is_socket {
+            // SAFETY: the descriptor was open a moment ago. Another thread may close it (every
+            // call then fails with EBADF) or reuse its number; `is_device_socket` checks what
+            // it is before anything is changed, and the worst a reuse in between can do is
+            // give another socket of this process bigger buffers.
+            f(unsafe { BorrowedFd::borrow_raw(fd) });
+        }
+    }
+}
+
+fn getsockopt_u32(fd: BorrowedFd<'_>, level: i32, name: i32) -> std::io::Result<u32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid for the kernel to write an int into.
+    let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (&mut v as *mut libc::c_int).cast(), &mut len) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(v as u32)
+}
+
+fn setsockopt_u32(fd: BorrowedFd<'_>, level: i32, name: i32, v: u32) -> std::io::Result<()> {
+    let v = v as libc::c_int;
+    // SAFETY: `v` is a valid int for the kernel to read.
+    let rc = unsafe {
+        libc::setsockopt(fd.as_raw_fd(), level, name, (&v as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `fd` is an IPv4 or IPv6 UDP socket bound to `port` in the network namespace whose
+/// inode is `netns_ino`: one of the sockets of the WireGuard device listening there.
+pub fn is_device_socket(fd: BorrowedFd<'_>, port: u16, netns_ino: u64) -> bool {
+    /// `ioctl(SIOCGSKNS)`: a descriptor of a socket's network namespace.
+    const SIOCGSKNS: libc::c_ulong = 0x894C;
+    let udp = getsockopt_u32(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).is_ok_and(|p| p == libc::IPPROTO_UDP as u32);
+    if !udp {
+        return false;
+    }
+    // SAFETY: all-zero bytes are a valid sockaddr_storage.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `addr` has room for any address and `len` says how much.
+    if unsafe { libc::getsockname(fd.as_raw_fd(), (&mut addr as *mut libc::sockaddr_storage).cast(), &mut len) } != 0 {
+        return false;
+    }
+    // sin_port and sin6_port sit at the same offset, after the family.
+    let bound = match addr.ss_family as i32 {
+        libc::AF_INET | libc::AF_INET6 => {
+            // SAFETY: for both families the port follows the 2-byte family.
+            u16::from_be(unsafe { *(&addr as *const libc::sockaddr_storage).cast::<u8>().add(2).cast::<u16>() })
+        }
+        _ => return false,
+    };
+    if bound != port {
+        return false;
+    }
+    // SAFETY: the ioctl takes no argument and returns a new descriptor, owned here.
+    let ns = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCGSKNS as _) };
+    if ns < 0 {
+        return false;
+    }
+    // SAFETY: `ns` was just opened for us.
+    let ns = unsafe { std::os::fd::OwnedFd::from_raw_fd(ns) };
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::File::from(ns).metadata().is_ok_and(|m| m.ino() == netns_ino)
+}
+
+/// The receive and send buffer sizes of a socket, as the kernel reports them.
+pub fn socket_buffers(fd: BorrowedFd<'_>) -> std::io::Result<(u32, u32)> {
+    Ok((getsockopt_u32(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)?, getsockopt_u32(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)?))
+}
+
+/// Sets a socket's receive and send buffers to `rcv` and `snd` bytes (the kernel doubles
+/// them), past the `net.core.rmem_max`/`wmem_max` limits (which needs CAP_NET_ADMIN).
+pub fn set_socket_buffers(fd: BorrowedFd<'_>, rcv: u32, snd: u32) -> std::io::Result<()> {
+    setsockopt_u32(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, rcv)?;
+    setsockopt_u32(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, snd)
 }
 
 /// The control socket of the device named `ifname`.
@@ -268,7 +374,7 @@ impl WireGuard {
         let name = ifname.clone();
         let made = netns::run_in(
             netns_path,
-            move || -> Result<(WGApi<Userspace>, u32), WireGuardError> {
+            move || -> Result<(WGApi<Userspace>, u32, u64), WireGuardError> {
                 let dev = |what, source| WireGuardError::Device {
                     ifname: name.clone(),
                     what,
@@ -294,7 +400,7 @@ impl WireGuard {
                     Ok(index)
                 };
                 match finish() {
-                    Ok(index) => Ok((api, index)),
+                    Ok(index) => Ok((api, index, namespace_ino("/proc/thread-self/ns/net"))),
                     Err(e) => {
                         drop(api);
                         let _ = std::fs::remove_file(socket_path(&name));
@@ -303,17 +409,24 @@ impl WireGuard {
                 }
             },
         );
-        let (api, ifindex) = made.map_err(|source| WireGuardError::Netns {
+        let (api, ifindex, netns_ino) = made.map_err(|source| WireGuardError::Netns {
             ifname: ifname.clone(),
             source,
         })??;
-        Ok(WireGuard {
+        let mut wg = WireGuard {
             api: Some(api),
             ifname,
             netns: netns_path.to_string(),
             ifindex,
             public_key: cfg.private_key.public_key(),
-        })
+            port: cfg.listen_port,
+            netns_ino,
+        };
+        if wg.port == 0 {
+            wg.port = wg.listen_port()?;
+        }
+        wg.size_socket_buffers();
+        Ok(wg)
     }
 
     /// The interface name.
@@ -363,7 +476,40 @@ impl WireGuard {
         };
         self.api().configure_interface(&config).map_err(self.dev_err("setting the private key"))?;
         self.public_key = key.public_key();
+        self.port = if listen_port == 0 { self.listen_port()? } else { listen_port };
+        self.size_socket_buffers();
         Ok(())
+    }
+
+    /// Gives every UDP socket of the device buffers of `SOCKET_BUFFER` bytes, past the
+    /// `net.core` limits, and returns how many it changed. The embedded implementation opens
+    /// its sockets with the kernel's default buffers and one more per peer, connected to it,
+    /// when the peer's first packet comes: the agent calls this on every tick to size those
+    /// too. The sockets are found among the process's file descriptors as UDP sockets on the
+    /// device's port in the device's namespace.
+    pub fn size_socket_buffers(&self) -> usize {
+        let mut changed = 0;
+        for_own_sockets(|fd| {
+            if is_device_socket(fd, self.port, self.netns_ino)
+                && socket_buffers(fd).is_ok_and(|(r, s)| r.min(s) < 2 * SOCKET_BUFFER)
+                && set_socket_buffers(fd, SOCKET_BUFFER, SOCKET_BUFFER).is_ok()
+            {
+                changed += 1;
+            }
+        });
+        changed
+    }
+
+    /// The receive and send buffers (as the kernel reports them: twice what was asked) of
+    /// each UDP socket of the device.
+    pub fn socket_buffers(&self) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        for_own_sockets(|fd| {
+            if is_device_socket(fd, self.port, self.netns_ino) {
+                out.extend(socket_buffers(fd).ok());
+            }
+        });
+        out
     }
 
     /// Adds a peer, or replaces its endpoint and allowed ranges.

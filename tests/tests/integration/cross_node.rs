@@ -406,6 +406,17 @@ fn containers_on_two_nodes_talk_through_the_tunnel() {
             "a handshake was made: {peers:?}"
         );
         assert!(peers[0].rx_bytes > 0 && peers[0].tx_bytes > 0, "{peers:?}");
+        // The device's sockets: its listening ones and the one it connected to the peer at
+        // the first packet, which the next sizing catches; every one gets Fizz's buffers.
+        let wg = s.wg.as_ref().unwrap();
+        let before = wg.socket_buffers();
+        assert!(before.len() >= 2, "listening and per-peer sockets: {before:?}");
+        wg.size_socket_buffers();
+        let after = wg.socket_buffers();
+        assert_eq!(after.len(), before.len(), "{after:?}");
+        let want = 2 * wireguard::SOCKET_BUFFER;
+        assert!(after.iter().all(|&(r, w)| r >= want && w >= want), "{after:?}");
+        assert_eq!(wg.size_socket_buffers(), 0, "nothing left to size");
         assert_eq!(
             peers[0].allowed,
             vec![(

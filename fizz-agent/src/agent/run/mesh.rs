@@ -56,7 +56,8 @@ impl Agent {
 
     /// Brings the WireGuard peers and the datapath's remote ranges in line
     /// with the live members: one peer per other node, its range routed
-    /// into the tunnel; members that are down lose both.
+    /// into the tunnel; members that are down lose both. Sizes the device's
+    /// new sockets' buffers.
     pub(super) fn sync_mesh(&mut self) {
         let (Some(g), Some(wg)) = (&self.gossip, &self.wg) else { return };
         let mut want: BTreeMap<String, (PublicKey, Ipv4Addr, u8, std::net::SocketAddr)> = BTreeMap::new();
@@ -98,6 +99,8 @@ impl Agent {
             }
             self.wg_peers.insert(name, (key, net, len));
         }
+        // The device opens a socket per peer when the peer's first packet comes.
+        wg.size_socket_buffers();
     }
 
     pub(super) async fn start_gossip(&mut self, secret: &[u8; 32]) -> Result<(), String> {
