@@ -44,11 +44,18 @@ pub mod map_names {
     /// balanced at connect time (`packets` counts connections, `bytes` is 0;
     /// their packets are not NAT'd, so they are not in `BACKEND_STATS`).
     pub const SOCK_CONNECTS: &str = "FZ_SOCK_CONNECTS";
-    /// Array of `NAT_CLIENT_SLOTS` `u32`, indexed by `nat_client_slot` of
+    /// Array of `ADDR_SLOTS` `u32`, indexed by `addr_slot` of
     /// an address: non-zero when conntrack may hold a reply entry addressed
     /// to it (a client of a flow NAT'd here). Packets to an address whose
     /// slot is zero, outside the VIP range, skip the conntrack lookup.
     pub const NAT_CLIENTS: &str = "FZ_NAT_CLIENTS";
+    /// Array of `ADDR_SLOTS` `LocalSlot`, indexed by `addr_slot` of an
+    /// address: the local endpoint in `ENDPOINTS` whose address has that
+    /// slot (its first, when several share one), so that delivery reads an
+    /// array instead of hashing. An address whose slot holds another
+    /// address is looked up in `ENDPOINTS`; an empty slot means no local
+    /// endpoint has it.
+    pub const LOCAL_SLOTS: &str = "FZ_LOCAL_SLOTS";
 }
 
 /// Name of the TC program attached at ingress of the host end of each
@@ -91,16 +98,17 @@ pub const MAX_CONNTRACK: u32 = 262_144;
 pub const MAX_ENDPOINTS: u32 = 4_096;
 /// Remote container ranges (one per other node).
 pub const MAX_REMOTES: u32 = 1_024;
-/// Slots of `NAT_CLIENTS` (a power of two).
-pub const NAT_CLIENT_SLOTS: u32 = 4_096;
-const _: () = assert!(NAT_CLIENT_SLOTS.is_power_of_two());
+/// Slots of `NAT_CLIENTS` and `LOCAL_SLOTS` (a power of two).
+pub const ADDR_SLOTS: u32 = 4_096;
+const _: () = assert!(ADDR_SLOTS.is_power_of_two());
 
-/// The `NAT_CLIENTS` slot of an address: its low bits. Addresses that share
-/// a slot share its mark, which costs a lookup, never a wrong answer; a
-/// node range of up to `NAT_CLIENT_SLOTS` addresses gives each its own.
+/// The `NAT_CLIENTS` and `LOCAL_SLOTS` slot of an address: its low bits.
+/// Addresses that share a slot share its mark and its local endpoint entry,
+/// which costs a lookup, never a wrong answer; a node range of up to
+/// `ADDR_SLOTS` addresses gives each its own.
 #[inline(always)]
-pub const fn nat_client_slot(addr_be: u32) -> u32 {
-    u32::from_be(addr_be) & (NAT_CLIENT_SLOTS - 1)
+pub const fn addr_slot(addr_be: u32) -> u32 {
+    u32::from_be(addr_be) & (ADDR_SLOTS - 1)
 }
 
 /// IP protocol numbers the datapath understands.
@@ -305,6 +313,26 @@ pub struct Endpoint {
 }
 assert_size!(Endpoint, 32);
 
+/// Value of `FZ_LOCAL_SLOTS`: a local endpoint, by the slot of its address.
+///
+/// The agent changes a slot in three writes, a sequence lock: `seq` made odd
+/// (nothing else changed), then the new address and endpoint, then `seq`
+/// made even. A reader copies the slot between two reads of `seq` and
+/// trusts the copy only when both are the same even number; otherwise it
+/// looks the address up in `ENDPOINTS`. So a packet never reads one
+/// container's address with another's endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct LocalSlot {
+    /// The endpoint's address; 0: the slot is empty.
+    pub addr_be: u32,
+    /// Odd while the agent changes the slot.
+    pub seq: u32,
+    /// What `ENDPOINTS` holds for that address.
+    pub ep: Endpoint,
+}
+assert_size!(LocalSlot, 40);
+
 /// Value of `FZ_SOCK_CLIENTS`: a container whose sockets are balanced at
 /// connect time.
 #[repr(C)]
@@ -500,6 +528,8 @@ mod pod {
     unsafe impl aya::Pod for SockClient {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SockPeer {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LocalSlot {}
 }
 
 #[cfg(test)]
@@ -507,18 +537,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_node_range_of_4096_addresses_gives_each_its_own_nat_client_slot() {
+    fn a_node_range_of_4096_addresses_gives_each_its_own_addr_slot() {
         let addr = |a: u8, b: u8, c: u8, d: u8| u32::from_be_bytes([a, b, c, d]).to_be();
-        assert_eq!(nat_client_slot(addr(10, 42, 0, 5)), 5);
-        assert_eq!(nat_client_slot(addr(10, 42, 1, 5)), 0x105);
+        assert_eq!(addr_slot(addr(10, 42, 0, 5)), 5);
+        assert_eq!(addr_slot(addr(10, 42, 1, 5)), 0x105);
         // A /20 maps one to one; addresses 4,096 apart share a slot.
-        let mut seen = [false; NAT_CLIENT_SLOTS as usize];
-        for i in 0..NAT_CLIENT_SLOTS {
-            let slot = nat_client_slot((u32::from_be_bytes([10, 42, 16, 0]) + i).to_be()) as usize;
+        let mut seen = [false; ADDR_SLOTS as usize];
+        for i in 0..ADDR_SLOTS {
+            let slot = addr_slot((u32::from_be_bytes([10, 42, 16, 0]) + i).to_be()) as usize;
             assert!(!seen[slot], "slot {slot} taken twice");
             seen[slot] = true;
         }
-        assert_eq!(nat_client_slot(addr(10, 42, 16, 5)), nat_client_slot(addr(10, 42, 0, 5)));
+        assert_eq!(addr_slot(addr(10, 42, 16, 5)), addr_slot(addr(10, 42, 0, 5)));
     }
 
     #[test]

@@ -18,10 +18,10 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use fizz_common::{drop_reason, verdict, EndpointKey, VipKey, IPPROTO_TCP, IPPROTO_UDP};
+use fizz_common::{drop_reason, verdict, VipKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    maps::{count, finish, is_vip_range, remote, DROPS, ENDPOINTS, VIPS},
+    maps::{count, finish, is_vip_range, local_endpoint, remote, DROPS, VIPS},
     nat::{self, Flow},
     packet::{self, Ipv4, ETH_P_IP},
     reject,
@@ -83,16 +83,13 @@ fn try_from_container(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
 /// at all, and a cloned TCP segment is never copied to be made writable).
 #[inline(always)]
 fn deliver(ctx: &TcContext, ip: &Ipv4, dst_be: u32, translated: bool, check_policy: bool) -> Result<(i32, Option<u32>), u32> {
-    let Some(ep) = ENDPOINTS.get_ptr(EndpointKey { addr_be: dst_be }) else {
+    let Some(ep) = local_endpoint(dst_be) else {
         return to_remote(dst_be, translated);
     };
-    // SAFETY: the pointer comes from a successful map lookup and is only read.
-    let ep = unsafe { *ep };
     // Network isolation for flows that conntrack has not vouched for.
     if check_policy && ep.net_mask != 0 {
-        if let Some(src) = ENDPOINTS.get_ptr(EndpointKey { addr_be: ip.hdr.src_be }) {
-            // SAFETY: as above.
-            if !nat::networks_meet(unsafe { (*src).net_mask }, ep.net_mask) {
+        if let Some(src) = local_endpoint(ip.hdr.src_be) {
+            if !nat::networks_meet(src.net_mask, ep.net_mask) {
                 return Err(drop_reason::POLICY);
             }
         }

@@ -23,10 +23,10 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use fizz_common::{drop_reason, verdict, EndpointKey, IPPROTO_TCP, IPPROTO_UDP};
+use fizz_common::{drop_reason, verdict, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    maps::{finish, ENDPOINTS},
+    maps::{finish, local_endpoint},
     nat::{self, Flow},
     packet::{self, IP_OFF_L3},
 };
@@ -66,14 +66,13 @@ fn try_from_wireguard(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
         }
     }
 
-    let Some(ep) = ENDPOINTS.get_ptr(EndpointKey { addr_be: dst_be }) else {
+    let Some(ep) = local_endpoint(dst_be) else {
         return Ok((
             TC_ACT_OK as i32,
             (!translated).then_some(verdict::FROM_TUNNEL_PASS),
         ));
     };
-    // SAFETY: the pointer comes from a successful map lookup and is only read.
-    let ifindex = unsafe { (*ep).ifindex };
+    let ifindex = ep.ifindex;
     // SAFETY: a plain helper call; the kernel checks the ifindex.
     let rc = unsafe { bpf_redirect_peer(ifindex, 0) };
     if rc == i64::from(TC_ACT_REDIRECT) {

@@ -10,7 +10,7 @@ use fizz_common::{
     Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey, SvcKey,
     SvcValue, VipKey, VipValue, MAX_BACKENDS, MAX_BACKEND_IDS, MAX_CONNTRACK, MAX_ENDPOINTS,
     MAX_SERVICES, MAX_VIPS, drop_reason, verdict, Remote, RemoteAddr, MAX_REMOTES, SockClient,
-    SockPeer, NAT_CLIENT_SLOTS, nat_client_slot,
+    SockPeer, ADDR_SLOTS, addr_slot, LocalSlot,
 };
 
 #[map(name = "FZ_SERVICES")]
@@ -56,21 +56,52 @@ pub static SOCK_PEERS: LruHashMap<u64, SockPeer> = LruHashMap::pinned(MAX_CONNTR
 pub static SOCK_CONNECTS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_BACKEND_IDS, 0);
 
 #[map(name = "FZ_NAT_CLIENTS")]
-pub static NAT_CLIENTS: Array<u32> = Array::pinned(NAT_CLIENT_SLOTS, 0);
+pub static NAT_CLIENTS: Array<u32> = Array::pinned(ADDR_SLOTS, 0);
+
+#[map(name = "FZ_LOCAL_SLOTS")]
+pub static LOCAL_SLOTS: Array<LocalSlot> = Array::pinned(ADDR_SLOTS, 0);
+
+/// The local endpoint (container) at `addr_be`: read from its slot in
+/// `LOCAL_SLOTS` (an array, no hashing), or from `ENDPOINTS` when the slot
+/// holds another address that shares it.
+/// The slot is read as a sequence lock (see `LocalSlot`): a copy taken while
+/// the agent changes it is not trusted.
+#[inline(always)]
+pub fn local_endpoint(addr_be: u32) -> Option<Endpoint> {
+    let p = LOCAL_SLOTS.get_ptr(addr_slot(addr_be))?;
+    // SAFETY: the pointer comes from a successful array lookup: valid and
+    // aligned. Volatile reads keep their order (x86 keeps loads in order):
+    // `seq`, the slot, `seq` again.
+    let (seq, slot, again) = unsafe {
+        let seq = core::ptr::read_volatile(core::ptr::addr_of!((*p).seq));
+        let slot = core::ptr::read_volatile(p);
+        (seq, slot, core::ptr::read_volatile(core::ptr::addr_of!((*p).seq)))
+    };
+    if seq & 1 == 0 && seq == again {
+        if slot.addr_be == addr_be {
+            return Some(slot.ep);
+        }
+        if slot.addr_be == 0 {
+            return None;
+        }
+    }
+    // SAFETY: the pointer comes from a successful map lookup and is only read.
+    ENDPOINTS.get_ptr(EndpointKey { addr_be }).map(|ep| unsafe { *ep })
+}
 
 /// Whether conntrack may hold a reply entry addressed to `addr_be` (it
 /// was, or shares a slot with, the client of a flow NAT'd here). When not,
 /// a packet to it outside the VIP range needs no conntrack lookup.
 #[inline(always)]
 pub fn may_be_nat_client(addr_be: u32) -> bool {
-    matches!(NAT_CLIENTS.get(nat_client_slot(addr_be)), Some(&m) if m != 0)
+    matches!(NAT_CLIENTS.get(addr_slot(addr_be)), Some(&m) if m != 0)
 }
 
 /// Marks `addr_be` as the client of a NAT'd flow, before its conntrack
 /// entries are written (so a reply never finds its address unmarked).
 #[inline(always)]
 pub fn mark_nat_client(addr_be: u32) {
-    if let Some(m) = NAT_CLIENTS.get_ptr_mut(nat_client_slot(addr_be)) {
+    if let Some(m) = NAT_CLIENTS.get_ptr_mut(addr_slot(addr_be)) {
         // SAFETY: the pointer comes from a successful array lookup; a plain
         // aligned store of a flag (written only when not set yet, so the
         // cache line stays shared once marked).

@@ -7,12 +7,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use fizz_common::{
-    drop_reason, BackendKey, CtKey, CtValue, EndpointKey, SvcKey, SvcValue, VipKey, CT_FLAG_FIN, CT_FLAG_REPLIED,
+    drop_reason, BackendKey, CtKey, CtValue, SvcKey, SvcValue, VipKey, CT_FLAG_FIN, CT_FLAG_REPLIED,
     CT_FLAG_RST, CT_FORWARD, CT_HAIRPIN, CT_REPLY, IPPROTO_TCP,
 };
 
 use crate::{
-    maps::{count, mark_nat_client, may_be_nat_client, BACKENDS, BACKEND_STATS, CONNTRACK, ENDPOINTS, RR, SERVICES, VIPS},
+    maps::{count, local_endpoint, mark_nat_client, may_be_nat_client, BACKENDS, BACKEND_STATS, CONNTRACK, RR, SERVICES, VIPS},
     packet::{self, Ipv4, IP_CSUM, IP_DST, IP_SRC, L4_DPORT, L4_SPORT, TCP_CSUM, UDP_CSUM},
 };
 
@@ -171,9 +171,8 @@ fn start_flow(ctx: &TcContext, ip: &Ipv4, flow: &Flow) -> Result<Outcome, u32> {
         return Ok(Outcome::Reject(drop_reason::NO_BACKEND));
     }
     if svc.net_mask != 0 {
-        if let Some(client) = ENDPOINTS.get_ptr(EndpointKey { addr_be: flow.key.src_be }) {
-            // SAFETY: the pointer comes from a successful map lookup and is only read.
-            if !networks_meet(svc.net_mask, unsafe { (*client).net_mask }) {
+        if let Some(client) = local_endpoint(flow.key.src_be) {
+            if !networks_meet(svc.net_mask, client.net_mask) {
                 return Err(drop_reason::POLICY);
             }
         }

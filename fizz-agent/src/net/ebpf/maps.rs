@@ -12,7 +12,7 @@ use aya::maps::{
 };
 use fizz_common::{
     map_names, Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey,
-    Remote, RemoteAddr, SockClient, SockPeer, SvcKey, SvcValue, VipKey, VipValue, nat_client_slot,
+    Remote, RemoteAddr, SockClient, SockPeer, SvcKey, SvcValue, VipKey, VipValue, addr_slot, LocalSlot,
 };
 
 use super::Error;
@@ -155,12 +155,57 @@ impl NatClients {
 
     /// Whether `addr`'s slot is marked.
     pub fn is_marked(&self, addr_be: u32) -> Result<bool, Error> {
-        Ok(self.map.get(&nat_client_slot(addr_be), 0).map_err(map_err(map_names::NAT_CLIENTS))? != 0)
+        Ok(self.map.get(&addr_slot(addr_be), 0).map_err(map_err(map_names::NAT_CLIENTS))? != 0)
     }
 
     /// Marks (or clears) `addr`'s slot.
     pub fn set(&mut self, addr_be: u32, marked: bool) -> Result<(), Error> {
-        self.map.set(nat_client_slot(addr_be), u32::from(marked), 0).map_err(map_err(map_names::NAT_CLIENTS))
+        self.map.set(addr_slot(addr_be), u32::from(marked), 0).map_err(map_err(map_names::NAT_CLIENTS))
+    }
+}
+
+/// The local endpoints by address slot (`FZ_LOCAL_SLOTS`), which the
+/// program reads instead of hashing into `ENDPOINTS`. Written only here, as
+/// a sequence lock (see `LocalSlot`).
+pub struct LocalSlots {
+    map: Array<MapData, LocalSlot>,
+}
+
+impl LocalSlots {
+    fn open(dir: &Path) -> Result<Self, Error> {
+        let name = map_names::LOCAL_SLOTS;
+        let map = Array::try_from(open(dir, name)?).map_err(map_err(name))?;
+        Ok(LocalSlots { map })
+    }
+
+    /// The slot of `addr_be`.
+    pub fn get(&self, addr_be: u32) -> Result<LocalSlot, Error> {
+        self.map.get(&addr_slot(addr_be), 0).map_err(map_err(map_names::LOCAL_SLOTS))
+    }
+
+    /// Writes the slot of `slot_of` as given, in one write: for tests that
+    /// show what a program does with a slot caught mid-change or left stale.
+    pub fn write_raw(&mut self, slot_of: u32, v: LocalSlot) -> Result<(), Error> {
+        self.map.set(addr_slot(slot_of), v, 0).map_err(map_err(map_names::LOCAL_SLOTS))
+    }
+
+    /// Points the slot of `slot_of` (an address) at `addr_be` and `ep`, or empties it
+    /// (`addr_be` 0): `seq` made odd, the new contents, `seq` made even, in three writes,
+    /// so that a program reading meanwhile falls back to `ENDPOINTS`.
+    pub fn set(&mut self, slot_of: u32, addr_be: u32, ep: Endpoint) -> Result<(), Error> {
+        let index = addr_slot(slot_of);
+        let mut cur = self.get(slot_of)?;
+        if cur.addr_be == addr_be && cur.ep == ep && cur.seq & 1 == 0 {
+            return Ok(());
+        }
+        let err = map_err(map_names::LOCAL_SLOTS);
+        if cur.seq & 1 == 0 {
+            cur.seq = cur.seq.wrapping_add(1);
+            self.map.set(index, cur, 0).map_err(&err)?;
+        }
+        let changing = LocalSlot { addr_be, seq: cur.seq, ep };
+        self.map.set(index, changing, 0).map_err(&err)?;
+        self.map.set(index, LocalSlot { seq: cur.seq.wrapping_add(1), ..changing }, 0).map_err(&err)
     }
 }
 
@@ -238,6 +283,7 @@ pub struct Maps {
     pub sock_peers: TypedHash<u64, SockPeer>,
     pub sock_connects: Counters,
     pub nat_clients: NatClients,
+    pub local_slots: LocalSlots,
 }
 
 impl Maps {
@@ -259,6 +305,7 @@ impl Maps {
             sock_peers: TypedHash::open(dir, map_names::SOCK_PEERS)?,
             sock_connects: Counters::open(dir, map_names::SOCK_CONNECTS)?,
             nat_clients: NatClients::open(dir)?,
+            local_slots: LocalSlots::open(dir)?,
         })
     }
 }

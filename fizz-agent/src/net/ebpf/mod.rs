@@ -228,11 +228,13 @@ impl Datapath {
             .default_map_pin_directory(&maps_dir)
             .load(OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
-        // Every client of a flow in conntrack is marked before the programs
-        // are replaced: programs older than the marks, and a mark lost with
-        // its map, would otherwise let replies skip their reverse NAT.
+        // Every client of a flow in conntrack is marked, and every endpoint
+        // has its slot, before the programs are replaced: programs older than
+        // the marks and slots, or a map lost, would otherwise let replies skip
+        // their reverse NAT and packets miss their container.
         let mut maps = Maps::open(&maps_dir)?;
         mark_nat_clients(&mut maps)?;
+        fill_local_slots(&mut maps)?;
         let prog = adopt_program(&mut ebpf, PROG_FROM_CONTAINER, pin_dir, LINKS)?;
         let wg_prog = adopt_program(&mut ebpf, PROG_FROM_WIREGUARD, pin_dir, WG_LINKS)?;
         let cgroup = cgroup::root()?;
@@ -342,6 +344,12 @@ impl Datapath {
             self.maps.sock_clients.set(&ep.netns_cookie, &client)?;
         }
         self.maps.endpoints.set(&key, &ep)?;
+        // The slot goes to this address if free or already its; an address
+        // sharing a taken slot is found in `ENDPOINTS`.
+        let slot = self.maps.local_slots.get(key.addr_be)?;
+        if slot.addr_be == 0 || slot.addr_be == key.addr_be {
+            self.maps.local_slots.set(key.addr_be, key.addr_be, ep)?;
+        }
         match old {
             Some(o) if o.netns_cookie != 0 && o.netns_cookie != ep.netns_cookie => {
                 self.maps.sock_clients.remove(&o.netns_cookie)
@@ -357,15 +365,20 @@ impl Datapath {
 
     /// Forgets a local container. Its `NAT_CLIENTS` slot is cleared unless
     /// another local container shares it: the flows it was the client of are
-    /// over, and the next container at its address starts unmarked.
+    /// over, and the next container at its address starts unmarked. Its
+    /// `LOCAL_SLOTS` slot goes to a container sharing it, or is emptied.
     pub fn remove_endpoint(&mut self, addr: Ipv4Addr) -> Result<(), Error> {
         let key = EndpointKey { addr_be: u32::from(addr).to_be() };
         let old = self.maps.endpoints.get(&key)?;
         self.maps.endpoints.remove(&key)?;
-        let slot = fizz_common::nat_client_slot(key.addr_be);
-        let shared = self.maps.endpoints.entries()?.iter().any(|(k, _)| fizz_common::nat_client_slot(k.addr_be) == slot);
-        if !shared {
+        let slot = fizz_common::addr_slot(key.addr_be);
+        let sharer = self.maps.endpoints.entries()?.into_iter().find(|(k, _)| fizz_common::addr_slot(k.addr_be) == slot);
+        if sharer.is_none() {
             self.maps.nat_clients.set(key.addr_be, false)?;
+        }
+        if self.maps.local_slots.get(key.addr_be)?.addr_be == key.addr_be {
+            let (addr_be, ep) = sharer.map(|(k, ep)| (k.addr_be, ep)).unwrap_or_default();
+            self.maps.local_slots.set(key.addr_be, addr_be, ep)?;
         }
         match old {
             Some(o) if o.netns_cookie != 0 => self.maps.sock_clients.remove(&o.netns_cookie),
@@ -512,10 +525,31 @@ fn mark_nat_clients(maps: &mut Maps) -> Result<(), Error> {
         .entries()?
         .into_iter()
         .filter(|(_, v)| v.kind & !fizz_common::CT_HAIRPIN == fizz_common::CT_REPLY)
-        .map(|(k, _)| (fizz_common::nat_client_slot(k.dst_be), k.dst_be))
+        .map(|(k, _)| (fizz_common::addr_slot(k.dst_be), k.dst_be))
         .collect();
     for addr_be in clients.into_values() {
         maps.nat_clients.set(addr_be, true)?;
+    }
+    Ok(())
+}
+
+/// Gives every endpoint in `ENDPOINTS` whose slot in `LOCAL_SLOTS` is empty
+/// (or points at an address no longer there) that slot, and the endpoint's
+/// current entry to a slot that points at it.
+fn fill_local_slots(maps: &mut Maps) -> Result<(), Error> {
+    let endpoints: BTreeMap<u32, Endpoint> = maps.endpoints.entries()?.into_iter().map(|(k, v)| (k.addr_be, v)).collect();
+    for (&addr_be, &ep) in &endpoints {
+        let slot = maps.local_slots.get(addr_be)?;
+        if slot.addr_be == addr_be || slot.addr_be == 0 || !endpoints.contains_key(&slot.addr_be) {
+            maps.local_slots.set(addr_be, addr_be, ep)?;
+        }
+    }
+    // Slots of addresses that left `ENDPOINTS` while no agent kept them.
+    for index in 0..fizz_common::ADDR_SLOTS {
+        let slot = maps.local_slots.get(index.to_be())?;
+        if slot.addr_be != 0 && !endpoints.contains_key(&slot.addr_be) {
+            maps.local_slots.set(index.to_be(), 0, Endpoint::default())?;
+        }
     }
     Ok(())
 }
