@@ -44,17 +44,19 @@ pub mod map_names {
     /// balanced at connect time (`packets` counts connections, `bytes` is 0;
     /// their packets are not NAT'd, so they are not in `BACKEND_STATS`).
     pub const SOCK_CONNECTS: &str = "FZ_SOCK_CONNECTS";
-    /// Array of `ADDR_SLOTS` `u32`, indexed by `addr_slot` of
-    /// an address: non-zero when conntrack may hold a reply entry addressed
-    /// to it (a client of a flow NAT'd here). Packets to an address whose
-    /// slot is zero, outside the VIP range, skip the conntrack lookup.
+    /// The NAT-client flags of datapaths before `LOCAL_SLOTS` held them (an
+    /// array of `ADDR_SLOTS` `u32`): unpinned when a datapath opens.
     pub const NAT_CLIENTS: &str = "FZ_NAT_CLIENTS";
-    /// Array of `ADDR_SLOTS` `LocalSlot`, indexed by `addr_slot` of an
-    /// address: the local endpoint in `ENDPOINTS` whose address has that
-    /// slot (its first, when several share one), so that delivery reads an
-    /// array instead of hashing. An address whose slot holds another
-    /// address is looked up in `ENDPOINTS`; an empty slot means no local
-    /// endpoint has it.
+    /// Array of `ADDR_SLOTS` `LocalSlot` (memory-mappable, one cache line
+    /// each), indexed by `addr_slot` of an address. It holds:
+    /// - the local endpoint in `ENDPOINTS` whose address has that slot (its
+    ///   first, when several share one), so that delivery reads an array
+    ///   instead of hashing. An address whose slot holds another address is
+    ///   looked up in `ENDPOINTS`; an empty slot means no local endpoint has it;
+    /// - the slot's NAT-client flag: non-zero when conntrack may hold a reply
+    ///   entry addressed to an address of the slot (a client of a flow NAT'd
+    ///   here). Packets to an address whose flag is zero, outside the VIP
+    ///   range, skip the conntrack lookup.
     pub const LOCAL_SLOTS: &str = "FZ_LOCAL_SLOTS";
 }
 
@@ -98,14 +100,14 @@ pub const MAX_CONNTRACK: u32 = 262_144;
 pub const MAX_ENDPOINTS: u32 = 4_096;
 /// Remote container ranges (one per other node).
 pub const MAX_REMOTES: u32 = 1_024;
-/// Slots of `NAT_CLIENTS` and `LOCAL_SLOTS` (a power of two).
+/// Slots of `LOCAL_SLOTS` (a power of two).
 pub const ADDR_SLOTS: u32 = 4_096;
 const _: () = assert!(ADDR_SLOTS.is_power_of_two());
 
-/// The `NAT_CLIENTS` and `LOCAL_SLOTS` slot of an address: its low bits.
-/// Addresses that share a slot share its mark and its local endpoint entry,
-/// which costs a lookup, never a wrong answer; a node range of up to
-/// `ADDR_SLOTS` addresses gives each its own.
+/// The `LOCAL_SLOTS` slot of an address: its low bits. Addresses that share
+/// a slot share its NAT-client flag and its endpoint entry, which costs a
+/// lookup, never a wrong answer; a node range of up to `ADDR_SLOTS`
+/// addresses gives each its own.
 #[inline(always)]
 pub const fn addr_slot(addr_be: u32) -> u32 {
     u32::from_be(addr_be) & (ADDR_SLOTS - 1)
@@ -313,14 +315,18 @@ pub struct Endpoint {
 }
 assert_size!(Endpoint, 32);
 
-/// Value of `FZ_LOCAL_SLOTS`: a local endpoint, by the slot of its address.
+/// Value of `FZ_LOCAL_SLOTS`: a local endpoint, by the slot of its address,
+/// and the slot's NAT-client flag: 64 bytes, one cache line each in the
+/// page-aligned memory of a mappable array.
 ///
-/// The agent changes a slot in three writes, a sequence lock: `seq` made odd
-/// (nothing else changed), then the new address and endpoint, then `seq`
-/// made even. A reader copies the slot between two reads of `seq` and
+/// The agent changes the endpoint in place (the map is memory-mapped) under a
+/// sequence lock: `seq` made odd, then the new address and endpoint, then
+/// `seq` made even. A reader copies the slot between two reads of `seq` and
 /// trusts the copy only when both are the same even number; otherwise it
 /// looks the address up in `ENDPOINTS`. So a packet never reads one
-/// container's address with another's endpoint.
+/// container's address with another's endpoint. `nat_client` is a word of
+/// its own, which an endpoint change never writes: the program sets it (a
+/// flow starts) while the agent changes the rest.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct LocalSlot {
@@ -328,10 +334,14 @@ pub struct LocalSlot {
     pub addr_be: u32,
     /// Odd while the agent changes the slot.
     pub seq: u32,
+    /// Non-zero: an address of this slot may be the client of a NAT'd flow.
+    pub nat_client: u32,
+    pub _pad: u32,
     /// What `ENDPOINTS` holds for that address.
     pub ep: Endpoint,
+    pub _tail: [u8; 16],
 }
-assert_size!(LocalSlot, 40);
+assert_size!(LocalSlot, 64);
 
 /// Value of `FZ_SOCK_CLIENTS`: a container whose sockets are balanced at
 /// connect time.

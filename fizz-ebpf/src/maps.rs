@@ -3,6 +3,7 @@
 //! state and established flows.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -55,11 +56,10 @@ pub static SOCK_PEERS: LruHashMap<u64, SockPeer> = LruHashMap::pinned(MAX_CONNTR
 #[map(name = "FZ_SOCK_CONNECTS")]
 pub static SOCK_CONNECTS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_BACKEND_IDS, 0);
 
-#[map(name = "FZ_NAT_CLIENTS")]
-pub static NAT_CLIENTS: Array<u32> = Array::pinned(ADDR_SLOTS, 0);
-
+/// Memory-mappable, so that the agent changes a slot's endpoint in place
+/// and never writes over the NAT-client flag the program sets.
 #[map(name = "FZ_LOCAL_SLOTS")]
-pub static LOCAL_SLOTS: Array<LocalSlot> = Array::pinned(ADDR_SLOTS, 0);
+pub static LOCAL_SLOTS: Array<LocalSlot> = Array::pinned(ADDR_SLOTS, BPF_F_MMAPABLE);
 
 /// The local endpoint (container) at `addr_be`: read from its slot in
 /// `LOCAL_SLOTS` (an array, no hashing), or from `ENDPOINTS` when the slot
@@ -72,16 +72,17 @@ pub fn local_endpoint(addr_be: u32) -> Option<Endpoint> {
     // SAFETY: the pointer comes from a successful array lookup: valid and
     // aligned. Volatile reads keep their order (x86 keeps loads in order):
     // `seq`, the slot, `seq` again.
-    let (seq, slot, again) = unsafe {
+    let (seq, addr, ep, again) = unsafe {
         let seq = core::ptr::read_volatile(core::ptr::addr_of!((*p).seq));
-        let slot = core::ptr::read_volatile(p);
-        (seq, slot, core::ptr::read_volatile(core::ptr::addr_of!((*p).seq)))
+        let addr = core::ptr::read_volatile(core::ptr::addr_of!((*p).addr_be));
+        let ep = core::ptr::read_volatile(core::ptr::addr_of!((*p).ep));
+        (seq, addr, ep, core::ptr::read_volatile(core::ptr::addr_of!((*p).seq)))
     };
     if seq & 1 == 0 && seq == again {
-        if slot.addr_be == addr_be {
-            return Some(slot.ep);
+        if addr == addr_be {
+            return Some(ep);
         }
-        if slot.addr_be == 0 {
+        if addr == 0 {
             return None;
         }
     }
@@ -91,23 +92,30 @@ pub fn local_endpoint(addr_be: u32) -> Option<Endpoint> {
 
 /// Whether conntrack may hold a reply entry addressed to `addr_be` (it
 /// was, or shares a slot with, the client of a flow NAT'd here). When not,
-/// a packet to it outside the VIP range needs no conntrack lookup.
+/// a packet to it outside the VIP range needs no conntrack lookup. The flag
+/// shares its cache line with the slot's endpoint, which delivery reads next.
 #[inline(always)]
 pub fn may_be_nat_client(addr_be: u32) -> bool {
-    matches!(NAT_CLIENTS.get(addr_slot(addr_be)), Some(&m) if m != 0)
+    match LOCAL_SLOTS.get_ptr(addr_slot(addr_be)) {
+        // SAFETY: the pointer comes from a successful array lookup: valid and
+        // aligned; the agent may change other words of the slot meanwhile.
+        Some(p) => (unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*p).nat_client)) }) != 0,
+        None => false,
+    }
 }
 
 /// Marks `addr_be` as the client of a NAT'd flow, before its conntrack
 /// entries are written (so a reply never finds its address unmarked).
 #[inline(always)]
 pub fn mark_nat_client(addr_be: u32) {
-    if let Some(m) = NAT_CLIENTS.get_ptr_mut(addr_slot(addr_be)) {
+    if let Some(p) = LOCAL_SLOTS.get_ptr_mut(addr_slot(addr_be)) {
         // SAFETY: the pointer comes from a successful array lookup; a plain
-        // aligned store of a flag (written only when not set yet, so the
-        // cache line stays shared once marked).
+        // aligned store of the flag's own word (written only when not set
+        // yet, so the cache line stays shared once marked).
         unsafe {
-            if *m == 0 {
-                *m = 1;
+            let m = core::ptr::addr_of_mut!((*p).nat_client);
+            if core::ptr::read_volatile(m) == 0 {
+                core::ptr::write_volatile(m, 1);
             }
         }
     }

@@ -120,7 +120,7 @@ fn vip_udp_is_dnatted_and_a_zero_checksum_stays_zero() {
 fn replies_are_looked_up_only_for_marked_clients() {
     require_root!();
     let mut f = fixture();
-    let marked = |dp: &Datapath, a: Ipv4Addr| dp.maps().nat_clients.is_marked(u32::from(a).to_be()).unwrap();
+    let marked = |dp: &Datapath, a: Ipv4Addr| dp.maps().local_slots.is_marked(u32::from(a).to_be());
     let client = Endpoint { ifindex: 1, mac: [0x0a, 0x58, 10, 42, 0, 2], node_mac: NODE_MAC, net_mask: 0, netns_cookie: 0 };
     f.dp.set_endpoint(CLIENT, client).unwrap();
     assert!(!marked(&f.dp, CLIENT), "no flow yet");
@@ -128,6 +128,10 @@ fn replies_are_looked_up_only_for_marked_clients() {
     let _ = run(&f, &Frame::udp(CLIENT, 5100, VIP, 53).build());
     assert!(marked(&f.dp, CLIENT), "a NAT'd flow marks its client");
     assert!(!marked(&f.dp, BACKEND), "and only its client");
+    // The flag shares the endpoint's slot: changing the endpoint keeps it.
+    f.dp.set_endpoint(CLIENT, Endpoint { ifindex: 2, ..client }).unwrap();
+    assert_eq!(f.dp.maps().local_slots.get(u32::from(CLIENT).to_be()).ep.ifindex, 2);
+    assert!(marked(&f.dp, CLIENT), "an endpoint change leaves the flag");
     let reply = Frame::udp(BACKEND, 5353, CLIENT, 5100).build();
     let p = parse(&run(&f, &reply).data).unwrap();
     assert_eq!((p.src, p.sport), (VIP, 53), "the reply is reverse-NAT'd");
@@ -163,7 +167,7 @@ fn endpoints_are_read_from_their_slot_and_a_shared_or_changing_slot_falls_back()
     };
     f.dp.set_endpoint(a, ep(0xa)).unwrap();
     f.dp.set_endpoint(b, ep(0xb)).unwrap();
-    let slot = f.dp.maps().local_slots.get(be(a)).unwrap();
+    let slot = f.dp.maps().local_slots.get(be(a));
     assert_eq!((slot.addr_be, slot.ep, slot.seq % 2), (be(a), ep(0xa), 0), "the first address takes the slot");
     assert_eq!(to(&f, a), (REDIRECT, 0xa));
     assert_eq!(to(&f, b), (REDIRECT, 0xb), "the second is found in ENDPOINTS");
@@ -171,32 +175,32 @@ fn endpoints_are_read_from_their_slot_and_a_shared_or_changing_slot_falls_back()
     // A slot caught mid-change (odd seq, another container's endpoint) is not trusted.
     let maps_dir = fizz::net::ebpf::maps_dir(f.dp.pin_dir());
     let mut maps = fizz::net::ebpf::maps::Maps::open(&maps_dir).unwrap();
-    let torn = fizz_common::LocalSlot { addr_be: be(a), seq: slot.seq + 1, ep: ep(0xb) };
-    maps.local_slots.set(be(a), be(a), ep(0xb)).unwrap();
+    let torn = fizz_common::LocalSlot { addr_be: be(a), seq: slot.seq + 1, ep: ep(0xb), ..Default::default() };
+    maps.local_slots.set(be(a), be(a), ep(0xb));
     assert_eq!(to(&f, a), (REDIRECT, 0xb), "a settled slot is trusted as it is");
-    maps.local_slots.set(be(a), be(a), ep(0xa)).unwrap();
-    let raw = |m: &mut fizz::net::ebpf::maps::Maps, v: fizz_common::LocalSlot| m.local_slots.write_raw(be(a), v).unwrap();
+    maps.local_slots.set(be(a), be(a), ep(0xa));
+    let raw = |m: &mut fizz::net::ebpf::maps::Maps, v: fizz_common::LocalSlot| m.local_slots.write_raw(be(a), v);
     raw(&mut maps, torn);
     assert_eq!(to(&f, a), (REDIRECT, 0xa), "a changing slot: ENDPOINTS answers");
-    maps.local_slots.set(be(a), be(a), ep(0xa)).unwrap();
-    assert_eq!(f.dp.maps().local_slots.get(be(a)).unwrap().seq % 2, 0, "a change ends even");
+    maps.local_slots.set(be(a), be(a), ep(0xa));
+    assert_eq!(f.dp.maps().local_slots.get(be(a)).seq % 2, 0, "a change ends even");
 
     // The slot's owner leaves: the address sharing it takes the slot.
     f.dp.remove_endpoint(a).unwrap();
-    let slot = f.dp.maps().local_slots.get(be(b)).unwrap();
+    let slot = f.dp.maps().local_slots.get(be(b));
     assert_eq!((slot.addr_be, slot.ep), (be(b), ep(0xb)));
     assert_eq!(to(&f, b), (REDIRECT, 0xb));
     assert_eq!(to(&f, a).0, OK, "a removed container is not delivered to");
     f.dp.remove_endpoint(b).unwrap();
-    assert_eq!(f.dp.maps().local_slots.get(be(b)).unwrap().addr_be, 0, "the last one empties the slot");
+    assert_eq!(f.dp.maps().local_slots.get(be(b)).addr_be, 0, "the last one empties the slot");
 
     // Stale slots (an address no longer in ENDPOINTS; an endpoint without
     // its slot) are mended when the datapath opens.
     f.dp.set_endpoint(b, ep(0xb)).unwrap();
-    raw(&mut maps, fizz_common::LocalSlot { addr_be: be(a), seq: 0, ep: ep(0xa) });
+    raw(&mut maps, fizz_common::LocalSlot { addr_be: be(a), seq: 0, ep: ep(0xa), ..Default::default() });
     assert_eq!(to(&f, a), (REDIRECT, 0xa), "a stale slot misleads the program");
     let reopened = Datapath::open(f.dp.pin_dir(), Default::default()).expect("reopen the datapath");
-    let slot = reopened.maps().local_slots.get(be(b)).unwrap();
+    let slot = reopened.maps().local_slots.get(be(b));
     assert_eq!((slot.addr_be, slot.ep, slot.seq % 2), (be(b), ep(0xb), 0), "the slot is the endpoint's again");
     let out = test_run(reopened.program(), &Frame::udp(CLIENT, 6000, a, 7).build()).unwrap();
     assert_eq!(out.retval, OK, "the departed address is not delivered to");

@@ -138,74 +138,119 @@ impl ConfigMap {
     }
 }
 
-/// The clients of NAT'd flows (`FZ_NAT_CLIENTS`): one flag per slot of
-/// addresses. The program sets a flag before it writes a flow's conntrack
-/// entries; the agent clears one only when no container that can have such
-/// flows is left in the slot.
-pub struct NatClients {
-    map: Array<MapData, u32>,
-}
-
-impl NatClients {
-    fn open(dir: &Path) -> Result<Self, Error> {
-        let name = map_names::NAT_CLIENTS;
-        let map = Array::try_from(open(dir, name)?).map_err(map_err(name))?;
-        Ok(NatClients { map })
-    }
-
-    /// Whether `addr`'s slot is marked.
-    pub fn is_marked(&self, addr_be: u32) -> Result<bool, Error> {
-        Ok(self.map.get(&addr_slot(addr_be), 0).map_err(map_err(map_names::NAT_CLIENTS))? != 0)
-    }
-
-    /// Marks (or clears) `addr`'s slot.
-    pub fn set(&mut self, addr_be: u32, marked: bool) -> Result<(), Error> {
-        self.map.set(addr_slot(addr_be), u32::from(marked), 0).map_err(map_err(map_names::NAT_CLIENTS))
-    }
-}
-
-/// The local endpoints by address slot (`FZ_LOCAL_SLOTS`), which the
-/// program reads instead of hashing into `ENDPOINTS`. Written only here, as
-/// a sequence lock (see `LocalSlot`).
+/// The local endpoints and NAT-client flags by address slot
+/// (`FZ_LOCAL_SLOTS`), memory-mapped: the agent writes a slot's words in
+/// place, so that changing an endpoint never writes over the flag the
+/// program sets when a flow starts.
+/// - Endpoints: written only here, under the sequence lock of `LocalSlot`.
+/// - Flags: the program sets a slot's before it writes a flow's conntrack
+///   entries; the agent clears one only when no container that can have such
+///   flows is left in the slot, and sets those of the flows in conntrack when
+///   the datapath opens.
 pub struct LocalSlots {
-    map: Array<MapData, LocalSlot>,
+    /// `ADDR_SLOTS` slots, shared with the kernel.
+    base: std::ptr::NonNull<LocalSlot>,
+    len: usize,
 }
+
+// SAFETY: the mapping is plain shared memory, valid until `drop`; every access
+// goes through volatile reads and writes.
+unsafe impl Send for LocalSlots {}
+// SAFETY: as above; `&self` methods only read.
+unsafe impl Sync for LocalSlots {}
 
 impl LocalSlots {
     fn open(dir: &Path) -> Result<Self, Error> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
         let name = map_names::LOCAL_SLOTS;
-        let map = Array::try_from(open(dir, name)?).map_err(map_err(name))?;
-        Ok(LocalSlots { map })
-    }
-
-    /// The slot of `addr_be`.
-    pub fn get(&self, addr_be: u32) -> Result<LocalSlot, Error> {
-        self.map.get(&addr_slot(addr_be), 0).map_err(map_err(map_names::LOCAL_SLOTS))
-    }
-
-    /// Writes the slot of `slot_of` as given, in one write: for tests that
-    /// show what a program does with a slot caught mid-change or left stale.
-    pub fn write_raw(&mut self, slot_of: u32, v: LocalSlot) -> Result<(), Error> {
-        self.map.set(addr_slot(slot_of), v, 0).map_err(map_err(map_names::LOCAL_SLOTS))
-    }
-
-    /// Points the slot of `slot_of` (an address) at `addr_be` and `ep`, or empties it
-    /// (`addr_be` 0): `seq` made odd, the new contents, `seq` made even, in three writes,
-    /// so that a program reading meanwhile falls back to `ENDPOINTS`.
-    pub fn set(&mut self, slot_of: u32, addr_be: u32, ep: Endpoint) -> Result<(), Error> {
-        let index = addr_slot(slot_of);
-        let mut cur = self.get(slot_of)?;
-        if cur.addr_be == addr_be && cur.ep == ep && cur.seq & 1 == 0 {
-            return Ok(());
+        let path = dir.join(name);
+        let data = MapData::from_pin(&path).map_err(|source| Error::OpenMap { path: path.clone(), source })?;
+        let len = std::mem::size_of::<LocalSlot>() * fizz_common::ADDR_SLOTS as usize;
+        // SAFETY: a shared read-write mapping of the array's memory, which the
+        // kernel keeps (the mapping holds the map) until `munmap` in `drop`.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::Io { what: format!("mapping {}", path.display()), source: std::io::Error::last_os_error() });
         }
-        let err = map_err(map_names::LOCAL_SLOTS);
-        if cur.seq & 1 == 0 {
-            cur.seq = cur.seq.wrapping_add(1);
-            self.map.set(index, cur, 0).map_err(&err)?;
+        let base = std::ptr::NonNull::new(p.cast::<LocalSlot>()).expect("mmap returned a non-null address");
+        Ok(LocalSlots { base, len })
+    }
+
+    fn slot(&self, addr_be: u32) -> *mut LocalSlot {
+        // SAFETY: `addr_slot` is below `ADDR_SLOTS`, the mapping's length in slots.
+        unsafe { self.base.as_ptr().add(addr_slot(addr_be) as usize) }
+    }
+
+    /// The slot of `addr_be`, as it is now.
+    pub fn get(&self, addr_be: u32) -> LocalSlot {
+        // SAFETY: a valid slot of the mapping; a torn read is possible while
+        // the program sets the flag, and harmless (its word is read whole).
+        unsafe { std::ptr::read_volatile(self.slot(addr_be)) }
+    }
+
+    /// Points the slot of `slot_of` (an address) at `addr_be` and `ep`, or
+    /// empties it (`addr_be` 0): `seq` made odd, the new address and
+    /// endpoint, `seq` made even, each step visible before the next, so that
+    /// a program reading meanwhile falls back to `ENDPOINTS`. The NAT-client
+    /// flag is left alone.
+    pub fn set(&mut self, slot_of: u32, addr_be: u32, ep: Endpoint) {
+        use std::sync::atomic::{fence, Ordering};
+        let p = self.slot(slot_of);
+        // SAFETY: a valid slot of the mapping; only this agent writes these words.
+        unsafe {
+            let cur = std::ptr::read_volatile(p);
+            if cur.addr_be == addr_be && cur.ep == ep && cur.seq & 1 == 0 {
+                return;
+            }
+            let odd = cur.seq | 1;
+            std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).seq), odd);
+            fence(Ordering::SeqCst);
+            std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).addr_be), addr_be);
+            std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).ep), ep);
+            fence(Ordering::SeqCst);
+            std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).seq), odd.wrapping_add(1));
         }
-        let changing = LocalSlot { addr_be, seq: cur.seq, ep };
-        self.map.set(index, changing, 0).map_err(&err)?;
-        self.map.set(index, LocalSlot { seq: cur.seq.wrapping_add(1), ..changing }, 0).map_err(&err)
+    }
+
+    /// Writes the address, `seq` and endpoint of `slot_of`'s slot as given:
+    /// for tests that show what a program does with a slot caught mid-change
+    /// or left stale.
+    pub fn write_raw(&mut self, slot_of: u32, v: LocalSlot) {
+        let p = self.slot(slot_of);
+        // SAFETY: a valid slot of the mapping.
+        unsafe {
+            std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).seq), v.seq);
+            std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).addr_be), v.addr_be);
+            std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).ep), v.ep);
+        }
+    }
+
+    /// Whether `addr_be`'s slot is flagged as holding a NAT client.
+    pub fn is_marked(&self, addr_be: u32) -> bool {
+        // SAFETY: a valid slot of the mapping; the flag's own word.
+        unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*self.slot(addr_be)).nat_client)) != 0 }
+    }
+
+    /// Flags (or clears) `addr_be`'s slot as holding a NAT client.
+    pub fn mark(&mut self, addr_be: u32, marked: bool) {
+        // SAFETY: as above.
+        unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!((*self.slot(addr_be)).nat_client), u32::from(marked)) }
+    }
+}
+
+impl Drop for LocalSlots {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, not used after this.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
 
@@ -282,7 +327,6 @@ pub struct Maps {
     /// Socket cookie → the VIP it connected to.
     pub sock_peers: TypedHash<u64, SockPeer>,
     pub sock_connects: Counters,
-    pub nat_clients: NatClients,
     pub local_slots: LocalSlots,
 }
 
@@ -304,7 +348,6 @@ impl Maps {
             sock_clients: TypedHash::open(dir, map_names::SOCK_CLIENTS)?,
             sock_peers: TypedHash::open(dir, map_names::SOCK_PEERS)?,
             sock_connects: Counters::open(dir, map_names::SOCK_CONNECTS)?,
-            nat_clients: NatClients::open(dir)?,
             local_slots: LocalSlots::open(dir)?,
         })
     }

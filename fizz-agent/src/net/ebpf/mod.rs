@@ -246,6 +246,18 @@ impl Datapath {
         }
         // The pins hold the programs now; the loader's copies can go.
         drop(ebpf);
+        // Flows the replaced programs started meanwhile marked their clients
+        // where those programs kept the flags (older datapaths: `NAT_CLIENTS`):
+        // mark from conntrack once more, now that only the new programs run,
+        // and drop the old flags' map.
+        mark_nat_clients(&mut maps)?;
+        let old_flags = maps_dir.join(fizz_common::map_names::NAT_CLIENTS);
+        match std::fs::remove_file(&old_flags) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::Io { what: format!("unpinning {}", old_flags.display()), source: e })
+            }
+            _ => {}
+        }
 
         maps.config.set(&cfg)?;
         let (installed, ids) = read_installed(&maps)?;
@@ -346,9 +358,9 @@ impl Datapath {
         self.maps.endpoints.set(&key, &ep)?;
         // The slot goes to this address if free or already its; an address
         // sharing a taken slot is found in `ENDPOINTS`.
-        let slot = self.maps.local_slots.get(key.addr_be)?;
+        let slot = self.maps.local_slots.get(key.addr_be);
         if slot.addr_be == 0 || slot.addr_be == key.addr_be {
-            self.maps.local_slots.set(key.addr_be, key.addr_be, ep)?;
+            self.maps.local_slots.set(key.addr_be, key.addr_be, ep);
         }
         match old {
             Some(o) if o.netns_cookie != 0 && o.netns_cookie != ep.netns_cookie => {
@@ -374,11 +386,11 @@ impl Datapath {
         let slot = fizz_common::addr_slot(key.addr_be);
         let sharer = self.maps.endpoints.entries()?.into_iter().find(|(k, _)| fizz_common::addr_slot(k.addr_be) == slot);
         if sharer.is_none() {
-            self.maps.nat_clients.set(key.addr_be, false)?;
+            self.maps.local_slots.mark(key.addr_be, false);
         }
-        if self.maps.local_slots.get(key.addr_be)?.addr_be == key.addr_be {
+        if self.maps.local_slots.get(key.addr_be).addr_be == key.addr_be {
             let (addr_be, ep) = sharer.map(|(k, ep)| (k.addr_be, ep)).unwrap_or_default();
-            self.maps.local_slots.set(key.addr_be, addr_be, ep)?;
+            self.maps.local_slots.set(key.addr_be, addr_be, ep);
         }
         match old {
             Some(o) if o.netns_cookie != 0 => self.maps.sock_clients.remove(&o.netns_cookie),
@@ -516,8 +528,8 @@ pub fn load_floor(pin_dir: &Path) -> Result<Ebpf, Error> {
     Ok(ebpf)
 }
 
-/// Marks the client of every NAT'd flow in conntrack (the destination of
-/// each reply entry) in `NAT_CLIENTS`.
+/// Flags the slot of the client of every NAT'd flow in conntrack (the
+/// destination of each reply entry) in `LOCAL_SLOTS`.
 fn mark_nat_clients(maps: &mut Maps) -> Result<(), Error> {
     // One write per slot, however many flows its clients have.
     let clients: BTreeMap<u32, u32> = maps
@@ -528,7 +540,7 @@ fn mark_nat_clients(maps: &mut Maps) -> Result<(), Error> {
         .map(|(k, _)| (fizz_common::addr_slot(k.dst_be), k.dst_be))
         .collect();
     for addr_be in clients.into_values() {
-        maps.nat_clients.set(addr_be, true)?;
+        maps.local_slots.mark(addr_be, true);
     }
     Ok(())
 }
@@ -539,16 +551,16 @@ fn mark_nat_clients(maps: &mut Maps) -> Result<(), Error> {
 fn fill_local_slots(maps: &mut Maps) -> Result<(), Error> {
     let endpoints: BTreeMap<u32, Endpoint> = maps.endpoints.entries()?.into_iter().map(|(k, v)| (k.addr_be, v)).collect();
     for (&addr_be, &ep) in &endpoints {
-        let slot = maps.local_slots.get(addr_be)?;
+        let slot = maps.local_slots.get(addr_be);
         if slot.addr_be == addr_be || slot.addr_be == 0 || !endpoints.contains_key(&slot.addr_be) {
-            maps.local_slots.set(addr_be, addr_be, ep)?;
+            maps.local_slots.set(addr_be, addr_be, ep);
         }
     }
     // Slots of addresses that left `ENDPOINTS` while no agent kept them.
     for index in 0..fizz_common::ADDR_SLOTS {
-        let slot = maps.local_slots.get(index.to_be())?;
+        let slot = maps.local_slots.get(index.to_be());
         if slot.addr_be != 0 && !endpoints.contains_key(&slot.addr_be) {
-            maps.local_slots.set(index.to_be(), 0, Endpoint::default())?;
+            maps.local_slots.set(index.to_be(), 0, Endpoint::default());
         }
     }
     Ok(())
