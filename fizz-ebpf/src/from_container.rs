@@ -3,8 +3,9 @@
 //! Order of work for an IPv4 TCP/UDP packet:
 //! 1. conntrack hit → rewrite (forward: destination to the backend; reply:
 //!    source back to the VIP). Looked up only where an entry can be: for a
-//!    destination in the VIP range, or one marked in `FZ_NAT_CLIENTS`; a
-//!    plain container-to-container packet costs an array read instead;
+//!    destination in the VIP range, or one whose slot in `FZ_LOCAL_SLOTS` is
+//!    flagged as a NAT client; a plain container-to-container packet reads
+//!    that slot instead, the line delivery reads next;
 //! 2. otherwise, destination in the VIP range → pick a backend, create both
 //!    conntrack entries, rewrite; or reject when there is nowhere to go;
 //! 3. destination is a container on this node → set MACs if needed and

@@ -3,7 +3,7 @@
 //! It sees every packet another node sent through the tunnel, decrypted.
 //!
 //! Order of work for an IPv4 packet:
-//! 1. TCP/UDP to a client marked in `FZ_NAT_CLIENTS`: a conntrack hit
+//! 1. TCP/UDP to a client flagged in `FZ_LOCAL_SLOTS`: a conntrack hit
 //!    rewrites it. This is how the reply of a flow
 //!    that this node load-balanced to a backend on another node gets its
 //!    VIP back: the backend's node has no conntrack entry for the flow (it

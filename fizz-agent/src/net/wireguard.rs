@@ -225,16 +225,22 @@ pub struct WireGuard {
     netns_ino: u64,
 }
 
-/// The signalfds open in this process.
-fn signalfds() -> std::collections::BTreeSet<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return Default::default() };
+/// The file descriptors of a process (`fd_dir` is `/proc/self/fd` or `/proc/<pid>/fd`) with
+/// what each points at (`socket:[…]`, `anon_inode:[signalfd]`, a path), as they were when
+/// read; an unreadable directory lists none.
+pub fn fd_links(fd_dir: &str) -> Vec<(i32, String)> {
+    let Ok(dir) = std::fs::read_dir(fd_dir) else { return Vec::new() };
     dir.flatten()
         .filter_map(|e| {
             let fd: i32 = e.file_name().to_str()?.parse().ok()?;
-            let target = std::fs::read_link(e.path()).ok()?;
-            (target.to_str()? == "anon_inode:[signalfd]").then_some(fd)
+            Some((fd, std::fs::read_link(e.path()).ok()?.to_string_lossy().into_owned()))
         })
         .collect()
+}
+
+/// The signalfds open in this process.
+fn signalfds() -> std::collections::BTreeSet<i32> {
+    fd_links("/proc/self/fd").into_iter().filter(|(_, t)| t == "anon_inode:[signalfd]").map(|(fd, _)| fd).collect()
 }
 
 /// The embedded implementation reads SIGINT and SIGTERM from signalfds of its own and stops
@@ -259,11 +265,8 @@ pub fn namespace_ino(path: &str) -> u64 {
 
 /// Calls `f` with each socket among this process's file descriptors.
 fn for_own_sockets(mut f: impl FnMut(BorrowedFd<'_>)) {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
-    for e in dir.flatten() {
-        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let is_socket = std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
-        if is_socket {
+    for (fd, target) in fd_links("/proc/self/fd") {
+        if target.starts_with("socket:") {
             // SAFETY: the descriptor was open a moment ago. Another thread may close it (every
             // call then fails with EBADF) or reuse its number; `is_device_socket` checks what
             // it is before anything is changed, and the worst a reuse in between can do is

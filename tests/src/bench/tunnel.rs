@@ -560,11 +560,9 @@ fn process_sockets(pid: u32) -> Result<Vec<std::os::fd::OwnedFd>> {
     }
     // SAFETY: just opened, owned here.
     let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd as i32) };
-    let dir = format!("/proc/{pid}/fd");
     let mut out = Vec::new();
-    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))?.flatten() {
-        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        if !std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")) {
+    for (fd, target) in wireguard::fd_links(&format!("/proc/{pid}/fd")) {
+        if !target.starts_with("socket:") {
             continue;
         }
         // SAFETY: pidfd_getfd duplicates the target's descriptor into this process, or fails.

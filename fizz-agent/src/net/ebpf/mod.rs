@@ -375,10 +375,10 @@ impl Datapath {
         self.maps.endpoints.get(&EndpointKey { addr_be: u32::from(addr).to_be() })
     }
 
-    /// Forgets a local container. Its `NAT_CLIENTS` slot is cleared unless
+    /// Forgets a local container. Its `LOCAL_SLOTS` slot goes to a container
+    /// sharing it, or is emptied; the slot's NAT-client flag is cleared unless
     /// another local container shares it: the flows it was the client of are
-    /// over, and the next container at its address starts unmarked. Its
-    /// `LOCAL_SLOTS` slot goes to a container sharing it, or is emptied.
+    /// over, and the next container at its address starts unflagged.
     pub fn remove_endpoint(&mut self, addr: Ipv4Addr) -> Result<(), Error> {
         let key = EndpointKey { addr_be: u32::from(addr).to_be() };
         let old = self.maps.endpoints.get(&key)?;
@@ -508,7 +508,6 @@ impl Datapath {
 
 }
 
-/// Where the maps of the current layout are pinned under a pin directory.
 /// Loads `fz_floor`, the program that does nothing, from the datapath's
 /// object (its maps are those pinned in `pin_dir`), for a benchmark to attach
 /// beside `from_container`. The returned object owns the program and its
@@ -566,6 +565,7 @@ fn fill_local_slots(maps: &mut Maps) -> Result<(), Error> {
     Ok(())
 }
 
+/// Where the maps of the current layout are pinned under a pin directory.
 pub fn maps_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join(format!("maps-v{}", fizz_common::ABI_VERSION))
 }
