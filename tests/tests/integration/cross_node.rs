@@ -570,12 +570,16 @@ impl Capture {
         let thread = std::thread::spawn(move || {
             let mut frames = Vec::new();
             let mut buf = vec![0u8; 65_536];
-            while !stop2.load(Ordering::Relaxed) {
+            // Until stopped and drained: on a busy machine this thread may first run after
+            // the traffic is over, with every frame still queued on the socket.
+            loop {
                 // SAFETY: `buf` is writable for its length; `fd` is an open socket.
                 let n =
                     unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
                 if n > 0 {
                     frames.push(buf[..n as usize].to_vec());
+                } else if stop2.load(Ordering::Relaxed) {
+                    break;
                 }
             }
             frames
@@ -743,8 +747,10 @@ fn a_stale_control_socket_is_replaced_and_a_running_name_refused() {
     let path = wireguard::socket_path(&name);
     let _guard = RemoveOnDrop(path.clone());
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    // A socket file nobody listens on, as a killed process leaves it.
-    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    // A socket file nobody listens on, as a killed process leaves it. (Bound as a datagram
+    // socket: a stream listener, even dropped at once, stays open in any child another test
+    // thread is forking meanwhile, and a connect in that window succeeds.)
+    drop(std::os::unix::net::UnixDatagram::bind(&path).unwrap());
     assert!(path.exists());
     let cfg = WireGuardConfig {
         ifname: name.clone(),
