@@ -205,6 +205,20 @@ pub struct CtKey {
 assert_size!(CtKey, 16);
 
 impl CtKey {
+    /// A key from its fields, the padding zero. It is assembled as four
+    /// words, so that the datapath writes it with four stores: a 3-byte
+    /// zero padding on its own compiles to a call to `memset`.
+    #[inline(always)]
+    pub fn new(src_be: u32, dst_be: u32, sport_be: u16, dport_be: u16, proto: u8) -> CtKey {
+        let [s0, s1] = sport_be.to_ne_bytes();
+        let [d0, d1] = dport_be.to_ne_bytes();
+        let words = [src_be, dst_be, u32::from_ne_bytes([s0, s1, d0, d1]), u32::from_ne_bytes([proto, 0, 0, 0])];
+        // SAFETY: `CtKey` is `repr(C)`, 16 bytes of integers with no implicit
+        // padding, so every bit pattern of four words is a valid key, and
+        // the words lie in its field order.
+        unsafe { core::mem::transmute::<[u32; 4], CtKey>(words) }
+    }
+
     /// The key of the other direction of a NAT'd flow, from one of its
     /// entries. The one definition of how the two entries pair up, for the
     /// datapath that writes them and the agent that expires them.
@@ -215,38 +229,29 @@ impl CtKey {
             // client → VIP; the reply comes from the backend to the client
             // (to the VIP for a hairpin flow, whose client sees the VIP as
             // its peer).
-            CtKey {
-                src_be: value.nat_addr_be,
-                dst_be: if hairpin { self.dst_be } else { self.src_be },
-                sport_be: value.nat_port_be,
-                dport_be: self.sport_be,
-                proto: self.proto,
-                _pad: [0; 3],
-            }
+            CtKey::new(
+                value.nat_addr_be,
+                if hairpin { self.dst_be } else { self.src_be },
+                value.nat_port_be,
+                self.sport_be,
+                self.proto,
+            )
         } else {
             // backend → client; the forward entry is client → VIP.
-            CtKey {
-                src_be: if hairpin { self.src_be } else { self.dst_be },
-                dst_be: value.nat_addr_be,
-                sport_be: self.dport_be,
-                dport_be: value.nat_port_be,
-                proto: self.proto,
-                _pad: [0; 3],
-            }
+            CtKey::new(
+                if hairpin { self.src_be } else { self.dst_be },
+                value.nat_addr_be,
+                self.dport_be,
+                value.nat_port_be,
+                self.proto,
+            )
         }
     }
 
     /// The same tuple seen from the other end (source and destination swapped).
     #[inline(always)]
     pub fn reversed(&self) -> CtKey {
-        CtKey {
-            src_be: self.dst_be,
-            dst_be: self.src_be,
-            sport_be: self.dport_be,
-            dport_be: self.sport_be,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        CtKey::new(self.dst_be, self.src_be, self.dport_be, self.sport_be, self.proto)
     }
 }
 
@@ -545,6 +550,22 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_conntrack_key_built_from_words_has_its_fields_and_zero_padding() {
+        let k = CtKey::new(0x0a00_0001, 0x0a60_0002, 0x1234, 0xabcd, IPPROTO_UDP);
+        let by_field = CtKey {
+            src_be: 0x0a00_0001,
+            dst_be: 0x0a60_0002,
+            sport_be: 0x1234,
+            dport_be: 0xabcd,
+            proto: IPPROTO_UDP,
+            _pad: [0; 3],
+        };
+        assert_eq!(k, by_field);
+        let r = k.reversed();
+        assert_eq!((r.src_be, r.dst_be, r.sport_be, r.dport_be, r.proto, r._pad), (k.dst_be, k.src_be, 0xabcd, 0x1234, IPPROTO_UDP, [0; 3]));
+    }
 
     #[test]
     fn a_node_range_of_4096_addresses_gives_each_its_own_addr_slot() {

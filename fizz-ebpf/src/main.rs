@@ -17,6 +17,7 @@
 //! `FZ_VERDICTS`, drops by reason in `FZ_DROPS`.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 mod checksum;
 mod floor;

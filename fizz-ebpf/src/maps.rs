@@ -61,6 +61,15 @@ pub static SOCK_CONNECTS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_BACKEND
 #[map(name = "FZ_LOCAL_SLOTS")]
 pub static LOCAL_SLOTS: Array<LocalSlot> = Array::pinned(ADDR_SLOTS, BPF_F_MMAPABLE);
 
+/// Where `LocalSlot`'s endpoint starts, in words; its first word holds the
+/// address and `seq`.
+const EP_WORD: usize = core::mem::offset_of!(LocalSlot, ep) / 8;
+const _: () = assert!(
+    core::mem::offset_of!(LocalSlot, ep) % 8 == 0
+        && core::mem::offset_of!(LocalSlot, addr_be) == 0
+        && core::mem::offset_of!(LocalSlot, seq) == 4
+);
+
 /// The local endpoint (container) at `addr_be`: read from its slot in
 /// `LOCAL_SLOTS` (an array, no hashing), or from `ENDPOINTS` when the slot
 /// holds another address that shares it.
@@ -69,15 +78,20 @@ pub static LOCAL_SLOTS: Array<LocalSlot> = Array::pinned(ADDR_SLOTS, BPF_F_MMAPA
 #[inline(always)]
 pub fn local_endpoint(addr_be: u32) -> Option<Endpoint> {
     let p = LOCAL_SLOTS.get_ptr(addr_slot(addr_be))?;
+    let words = p.cast::<u64>();
     // SAFETY: the pointer comes from a successful array lookup: valid and
-    // aligned. Volatile reads keep their order (x86 keeps loads in order):
-    // `seq`, the slot, `seq` again.
-    let (seq, addr, ep, again) = unsafe {
-        let seq = core::ptr::read_volatile(core::ptr::addr_of!((*p).seq));
-        let addr = core::ptr::read_volatile(core::ptr::addr_of!((*p).addr_be));
-        let ep = core::ptr::read_volatile(core::ptr::addr_of!((*p).ep));
-        (seq, addr, ep, core::ptr::read_volatile(core::ptr::addr_of!((*p).seq)))
+    // 8-aligned (a slot is 64 bytes of words). Volatile reads keep their
+    // order (x86 keeps loads in order): the first word (address and `seq`,
+    // read together), the endpoint's four, `seq` again.
+    let (head, ep, again) = unsafe {
+        let head = core::ptr::read_volatile(words);
+        let ep = [0, 1, 2, 3].map(|i| core::ptr::read_volatile(words.add(EP_WORD + i)));
+        (head, ep, core::ptr::read_volatile(core::ptr::addr_of!((*p).seq)))
     };
+    let [a0, a1, a2, a3, s0, s1, s2, s3] = head.to_ne_bytes();
+    let (addr, seq) = (u32::from_ne_bytes([a0, a1, a2, a3]), u32::from_ne_bytes([s0, s1, s2, s3]));
+    // SAFETY: `Endpoint` is 32 bytes of plain integers: any four words are one.
+    let ep = unsafe { core::mem::transmute::<[u64; 4], Endpoint>(ep) };
     if seq & 1 == 0 && seq == again {
         if addr == addr_be {
             return Some(ep);

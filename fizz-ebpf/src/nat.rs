@@ -37,14 +37,7 @@ impl Flow {
             0
         };
         Ok(Flow {
-            key: CtKey {
-                src_be: ip.hdr.src_be,
-                dst_be: ip.hdr.dst_be,
-                sport_be: ports[0],
-                dport_be: ports[1],
-                proto: ip.hdr.proto,
-                _pad: [0; 3],
-            },
+            key: CtKey::new(ip.hdr.src_be, ip.hdr.dst_be, ports[0], ports[1], ip.hdr.proto),
             tcp_flags,
         })
     }

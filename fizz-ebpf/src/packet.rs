@@ -61,20 +61,91 @@ pub struct Ipv4 {
 
 /// Reads a `T` at `offset`, or names the drop reason: the packet is too short.
 /// Headers are read in place when the packet's linear part holds them (the
-/// common case, and no helper call); otherwise the helper copies them out.
+/// common case, and no helper call), a machine word at a time (see
+/// `copy_words`); otherwise the helper copies them out.
 /// Single bytes always go through the helper: LLVM turns `p + 1 <= end`
 /// into `p < end`, which the verifier cannot use as a bound at a variable
 /// offset.
 #[inline(always)]
-pub fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, u32> {
+pub fn load<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, u32> {
     let start = ctx.data();
     let end = ctx.data_end();
     if mem::size_of::<T>() >= 2 && start + offset + mem::size_of::<T>() <= end {
         // SAFETY: the bytes lie between `data` and `data_end` (checked just
-        // above, as the verifier requires); the read is unaligned-safe.
-        return Ok(unsafe { ((start + offset) as *const T).read_unaligned() });
+        // above, as the verifier requires).
+        return Ok(unsafe { copy_words(start + offset) });
     }
     ctx.load::<T>(offset).map_err(|_| drop_reason::TRUNCATED)
+}
+
+/// Copies a `T` out of packet memory at `p`, four bytes to a load, then two,
+/// then one.
+///
+/// Headers in a packet have no alignment Rust could rely on (an Ethernet
+/// header leaves the IP header 2 bytes off a word), so an ordinary read
+/// must be `read_unaligned`, and the BPF backend, which assumes strict
+/// alignment, splits that into single-byte loads: about four instructions
+/// per byte, on every packet. Packet memory does not need that: the
+/// verifier accepts unaligned packet loads wherever the architecture does
+/// them efficiently (x86-64, arm64; `CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS`),
+/// so the loads are written as instructions here. (The `+allows-misaligned-
+/// mem-access` target feature would also make LLVM merge stack stores into
+/// unaligned ones, which the verifier refuses everywhere.)
+///
+/// # Safety
+/// `p .. p + size_of::<T>()` must lie inside the packet (checked against
+/// `data_end` where the verifier sees it), and any bit pattern must be a
+/// valid `T`.
+#[inline(always)]
+unsafe fn copy_words<T: Copy>(p: usize) -> T {
+    #[repr(C, align(8))]
+    struct Aligned<T>(mem::MaybeUninit<T>);
+    let mut out = Aligned::<T>(mem::MaybeUninit::uninit());
+    let dst = out.0.as_mut_ptr().cast::<u8>();
+    let size = mem::size_of::<T>();
+    let mut i = 0;
+    while i + 4 <= size {
+        // SAFETY: `i + 4 <= size`, and `out` is 8-aligned, so the word is
+        // in bounds and aligned; the source lies in the packet (caller).
+        unsafe { dst.add(i).cast::<u32>().write(load_u32(p + i) as u32) };
+        i += 4;
+    }
+    if i + 2 <= size {
+        // SAFETY: as above, for two bytes at an even offset.
+        unsafe { dst.add(i).cast::<u16>().write(load_u16(p + i) as u16) };
+        i += 2;
+    }
+    if i < size {
+        // SAFETY: as above, for the last byte.
+        unsafe { dst.add(i).write(*((p + i) as *const u8)) };
+    }
+    // SAFETY: every byte was written; the caller vouches for the type.
+    unsafe { out.0.assume_init() }
+}
+
+/// One 4-byte load from packet memory at `p`, at any alignment.
+#[inline(always)]
+fn load_u32(p: usize) -> u64 {
+    let v: u64;
+    // SAFETY: a single load, which only reads memory; the callers check the
+    // bounds the verifier enforces.
+    unsafe {
+        core::arch::asm!("{v} = *(u32 *)({p} + 0)", p = in(reg) p, v = lateout(reg) v,
+            options(readonly, nostack, preserves_flags))
+    };
+    v
+}
+
+/// One 2-byte load from packet memory at `p`, at any alignment.
+#[inline(always)]
+fn load_u16(p: usize) -> u64 {
+    let v: u64;
+    // SAFETY: as for `load_u32`.
+    unsafe {
+        core::arch::asm!("{v} = *(u16 *)({p} + 0)", p = in(reg) p, v = lateout(reg) v,
+            options(readonly, nostack, preserves_flags))
+    };
+    v
 }
 
 /// Writes `v` at `offset`, or names the drop reason.

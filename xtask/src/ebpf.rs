@@ -207,6 +207,7 @@ pub fn sources(root: &Path) -> Vec<PathBuf> {
         root.join("fizz-ebpf/src"),
         root.join("fizz-ebpf/Cargo.toml"),
         root.join("fizz-ebpf/Cargo.lock"),
+        root.join("fizz-ebpf/.cargo/config.toml"),
         root.join("fizz-common/src"),
         root.join("fizz-common/Cargo.toml"),
     ]

@@ -32,6 +32,10 @@ pub struct Options {
     /// Seconds of each measurement.
     #[arg(long, default_value_t = 1.0, value_parser = parse_secs)]
     pub secs: f64,
+    /// Measure only the program's cost per packet, at 10,000 services
+    /// (skips the rate comparisons and the scale runs; writes vip-cost.json).
+    #[arg(long)]
+    pub cost_only: bool,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -141,9 +145,13 @@ pub fn run(opts: &Options) -> Result<()> {
     };
     bench.wait_ready()?;
     bench.warm_up()?;
+    if opts.cost_only {
+        bench.cost_only()?;
+        return bench.report(&out_dir, "vip-cost");
+    }
     bench.main_rounds()?;
     bench.scale()?;
-    bench.report(&out_dir)
+    bench.report(&out_dir, "vip")
 }
 
 impl Bench {
@@ -241,6 +249,14 @@ impl Bench {
         Ok(())
     }
 
+    /// `--cost-only`: the program's cost with the most services loaded.
+    fn cost_only(&mut self) -> Result<()> {
+        let n = COST_AT[COST_AT.len() - 1];
+        eprintln!("loading {} on the Fizz node", services(n));
+        self.fizz.set_services(n)?;
+        self.program_cost(n)
+    }
+
     /// The program's run time per packet, from the kernel's BPF run-time
     /// statistics (enabled only for these runs, as they add a clock read to
     /// every run): for every metric, through the Fizz VIP and on the direct
@@ -295,7 +311,8 @@ impl Bench {
         Some(Line { key: key.to_string(), scenario, metric: metric.to_string(), entry })
     }
 
-    fn report(&self, out_dir: &Path) -> Result<()> {
+    /// Prints the table and writes `<name>.json` and the plot.
+    fn report(&self, out_dir: &Path, name: &str) -> Result<()> {
         let mut sections: Vec<Vec<Line>> = Vec::new();
         for mode in Mode::ALL {
             let mut lines = Vec::new();
@@ -413,7 +430,7 @@ impl Bench {
         }
 
         let lines: Vec<Line> = sections.into_iter().flatten().collect();
-        let json = out_dir.join("vip.json");
+        let json = out_dir.join(format!("{name}.json"));
         report::write_json(&json, &lines)?;
         println!("\nwrote {}", display(&json));
         let bars: Vec<plot::Bars> = [Scenario::FizzVip, Scenario::IptablesVip, Scenario::Proxy]
@@ -429,7 +446,10 @@ impl Bench {
                 }),
             })
             .collect();
-        match plot::draw(out_dir, "vip", &bars, &points) {
+        if points.is_empty() {
+            return Ok(());
+        }
+        match plot::draw(out_dir, name, &bars, &points) {
             Ok(png) => println!("wrote {}", display(&png)),
             Err(e) => println!("plot skipped: {e:#}"),
         }
