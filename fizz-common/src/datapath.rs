@@ -23,8 +23,19 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "FZ_BE_STATS";
     /// Per-CPU array indexed by `DropReason`: `Counter`.
     pub const DROPS: &str = "FZ_DROPS";
-    /// Per-CPU array indexed by `Verdict`: `Counter` of the verdicts on
-    /// packets that are not service traffic (that is counted per backend).
+    /// Array of `Counter`: the verdicts on packets that are not service
+    /// traffic (that is counted per backend), `VERDICT_STRIDE` entries per
+    /// CPU, at `cpu * VERDICT_STRIDE + verdict`. Sized by the loader to the
+    /// machine's possible CPUs.
+    ///
+    /// Not a per-CPU array, although every packet writes it: the kernel
+    /// takes a per-CPU map's memory from its per-CPU chunks, mapped in 4 KiB
+    /// pages, where a counter costs a TLB miss on a cold path; a small plain
+    /// array comes from its direct mapping (huge pages). Each CPU writes
+    /// only its own entries, on cache lines of their own (the stride).
+    pub const CPU_VERDICTS: &str = "FZ_CPU_VERDICTS";
+    /// The per-CPU array of verdicts of datapaths before `CPU_VERDICTS`;
+    /// the agent removes its pin.
     pub const VERDICTS: &str = "FZ_VERDICTS";
     /// Per-CPU array indexed by service id: `u32`, the next slot to hand a
     /// new flow (round robin).
@@ -90,6 +101,15 @@ pub const MAX_SERVICES: u32 = 65_536;
 pub const MAX_BACKENDS: u32 = 262_144;
 /// Backends one service may have; slots are `0..count`.
 pub const MAX_BACKENDS_PER_SERVICE: u32 = 1_024;
+/// Entries of `CPU_VERDICTS` per CPU: 256 bytes, of which the verdicts
+/// take the first 128, so that two CPUs' verdicts never share a cache line
+/// wherever the array's values start.
+pub const VERDICT_STRIDE: u32 = 16;
+/// The largest number of CPUs `CPU_VERDICTS` is declared for; the loader
+/// sizes it to the possible CPUs.
+pub const MAX_CPUS: u32 = 4_096;
+const _: () = assert!(verdict::MAX * 16 <= VERDICT_STRIDE * 16 / 2 && verdict::MAX <= 8);
+
 /// Distinct backend ids (index of `BACKEND_STATS`).
 pub const MAX_BACKEND_IDS: u32 = 65_536;
 /// VIP addresses in use.
@@ -469,7 +489,8 @@ pub mod drop_reason {
     }
 }
 
-/// What the program did with a packet. Index of `FZ_VERDICTS`.
+/// What the program did with a packet. Index of a CPU's entries in
+/// `FZ_CPU_VERDICTS`.
 pub mod verdict {
     /// Handed to the kernel stack unchanged (not for us).
     pub const PASS: u32 = 0;

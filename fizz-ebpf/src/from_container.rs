@@ -1,14 +1,17 @@
 //! `from_container`: TC ingress of the host end of each container veth.
 //!
 //! Order of work for an IPv4 TCP/UDP packet:
-//! 1. conntrack hit → rewrite (forward: destination to the backend; reply:
+//! 1. the destination's slot in `FZ_LOCAL_SLOTS` (one cache line): its
+//!    endpoint when it is a container on this node, and whether it may be
+//!    the client of a NAT'd flow. Only for a destination that is not local
+//!    is the VIP range read (the ranges never overlap);
+//! 2. conntrack hit → rewrite (forward: destination to the backend; reply:
 //!    source back to the VIP). Looked up only where an entry can be: for a
-//!    destination in the VIP range, or one whose slot in `FZ_LOCAL_SLOTS` is
-//!    flagged as a NAT client; a plain container-to-container packet reads
-//!    that slot instead, the line delivery reads next;
-//! 2. otherwise, destination in the VIP range → pick a backend, create both
+//!    destination in the VIP range, or a flagged one; a plain
+//!    container-to-container packet skips it;
+//! 3. otherwise, destination in the VIP range → pick a backend, create both
 //!    conntrack entries, rewrite; or reject when there is nowhere to go;
-//! 3. destination is a container on this node → set MACs if needed and
+//! 4. destination is a container on this node → set MACs if needed and
 //!    `bpf_redirect_peer` into its namespace; destination in another node's
 //!    range (`FZ_REMOTES`) → `bpf_redirect` into the WireGuard device;
 //!    otherwise hand it to the stack.
@@ -22,7 +25,7 @@ use aya_ebpf::{
 use fizz_common::{drop_reason, verdict, VipKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    maps::{count, finish, is_vip_range, local_endpoint, remote, DROPS, VIPS},
+    maps::{count, finish, is_vip_range, local, local_endpoint, remote, Local, DROPS, VIPS},
     nat::{self, Flow},
     packet::{self, Ipv4, ETH_P_IP},
     reject,
@@ -55,7 +58,7 @@ fn try_from_container(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
             };
             return Err(reason);
         }
-        return deliver(ctx, &ip, ip.hdr.dst_be, false, true);
+        return deliver(ctx, &ip, ip.hdr.dst_be, local(ip.hdr.dst_be), false, true);
     }
 
     let flow = Flow::parse(ctx, &ip)?;
@@ -63,28 +66,44 @@ fn try_from_container(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
     // datagram, a TCP SYN. (A segment of a connection whose SYN was refused
     // reaches a socket that does not know it, and draws a reset.)
     let setup = proto == IPPROTO_UDP || flow.tcp_flags & packet::TCP_SYN != 0;
+    // The destination's slot: its endpoint if it is local, and whether it
+    // may be the client of a NAT'd flow. A local container's address is
+    // never in the VIP range (the agent refuses ranges that overlap), so
+    // the range is read only for other destinations.
+    let dst = local(ip.hdr.dst_be);
+    let to_vip = dst.endpoint().is_none() && is_vip_range(ip.hdr.dst_be);
     // Every outcome yields a defined destination, so that no merged path
     // reads a register the verifier considers uninitialised.
-    let to_vip = is_vip_range(ip.hdr.dst_be);
-    let (dst_be, translated) = match nat::translate(ctx, &ip, &flow, to_vip)? {
-        nat::Outcome::Translated { dst_be } => (dst_be, true),
-        nat::Outcome::NotService => (ip.hdr.dst_be, false),
+    let (dst_be, dst, translated) = match nat::translate(ctx, &ip, &flow, to_vip, dst.nat_client)? {
+        // A reply keeps its destination (the client, whose slot was read);
+        // a forward packet now goes to its backend.
+        nat::Outcome::Translated { dst_be } if dst_be == ip.hdr.dst_be => (dst_be, dst, true),
+        nat::Outcome::Translated { dst_be } => (dst_be, local(dst_be), true),
+        nat::Outcome::NotService => (ip.hdr.dst_be, dst, false),
         nat::Outcome::Reject(reason) => {
             count(&DROPS, reason, ctx.len());
             return reject::reject(ctx, &ip, &flow).map(|(a, v)| (a, Some(v)));
         }
     };
-    deliver(ctx, &ip, dst_be, translated, setup && !translated)
+    deliver(ctx, &ip, dst_be, dst, translated, setup && !translated)
 }
 
-/// Hands the packet to a local container, or to the kernel stack. Local
+/// Hands the packet to the local container at `dst_be` (`dst`, its slot),
+/// or when there is none to another node or the kernel stack. Local
 /// delivery is a switch's, not a router's: the TTL is kept, and the MACs are
 /// written only when the destination's differs (the agent gives every
 /// container veth the same MAC, so its containers' packets are not written
 /// at all, and a cloned TCP segment is never copied to be made writable).
 #[inline(always)]
-fn deliver(ctx: &TcContext, ip: &Ipv4, dst_be: u32, translated: bool, check_policy: bool) -> Result<(i32, Option<u32>), u32> {
-    let Some(ep) = local_endpoint(dst_be) else {
+fn deliver(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    dst_be: u32,
+    dst: Local,
+    translated: bool,
+    check_policy: bool,
+) -> Result<(i32, Option<u32>), u32> {
+    let Some(ep) = dst.endpoint() else {
         return to_remote(dst_be, translated);
     };
     // Network isolation for flows that conntrack has not vouched for.

@@ -26,7 +26,7 @@ use aya_ebpf::{
 use fizz_common::{drop_reason, verdict, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    maps::{finish, local_endpoint},
+    maps::{finish, local},
     nat::{self, Flow},
     packet::{self, IP_OFF_L3},
 };
@@ -50,14 +50,18 @@ fn try_from_wireguard(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
     }
     let ip = packet::parse_ipv4_at(ctx, IP_OFF_L3)?;
     let proto = ip.hdr.proto;
-    let mut dst_be = ip.hdr.dst_be;
+    let mut dst = local(ip.hdr.dst_be);
     let mut translated = false;
     if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && !ip.later_fragment {
         let flow = Flow::parse(ctx, &ip)?;
         // Packets from the tunnel never start a service flow here.
-        match nat::translate(ctx, &ip, &flow, false)? {
-            nat::Outcome::Translated { dst_be: d } => {
-                dst_be = d;
+        match nat::translate(ctx, &ip, &flow, false, dst.nat_client)? {
+            nat::Outcome::Translated { dst_be } => {
+                // A reply keeps its destination, the client; only a hairpin
+                // reply (never one from the tunnel) changes it.
+                if dst_be != ip.hdr.dst_be {
+                    dst = local(dst_be);
+                }
                 translated = true;
             }
             nat::Outcome::NotService => {}
@@ -66,7 +70,7 @@ fn try_from_wireguard(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
         }
     }
 
-    let Some(ep) = local_endpoint(dst_be) else {
+    let Some(ep) = dst.endpoint() else {
         return Ok((
             TC_ACT_OK as i32,
             (!translated).then_some(verdict::FROM_TUNNEL_PASS),

@@ -14,7 +14,7 @@
 //! those flows never need NAT at TC (and `getpeername` still shows the VIP).
 //!
 //! Every path returns an explicit TC verdict and bumps a counter: verdicts in
-//! `FZ_VERDICTS`, drops by reason in `FZ_DROPS`.
+//! `FZ_CPU_VERDICTS`, drops by reason in `FZ_DROPS`.
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]

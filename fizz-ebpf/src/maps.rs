@@ -4,6 +4,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
+    helpers::generated::bpf_get_smp_processor_id,
     macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -11,7 +12,7 @@ use fizz_common::{
     Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey, SvcKey,
     SvcValue, VipKey, VipValue, MAX_BACKENDS, MAX_BACKEND_IDS, MAX_CONNTRACK, MAX_ENDPOINTS,
     MAX_SERVICES, MAX_VIPS, drop_reason, verdict, Remote, RemoteAddr, MAX_REMOTES, SockClient,
-    SockPeer, ADDR_SLOTS, addr_slot, LocalSlot,
+    SockPeer, ADDR_SLOTS, addr_slot, LocalSlot, MAX_CPUS, VERDICT_STRIDE,
 };
 
 #[map(name = "FZ_SERVICES")]
@@ -35,8 +36,10 @@ pub static BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_BACKEND
 #[map(name = "FZ_DROPS")]
 pub static DROPS: PerCpuArray<Counter> = PerCpuArray::pinned(drop_reason::MAX, 0);
 
-#[map(name = "FZ_VERDICTS")]
-pub static VERDICTS: PerCpuArray<Counter> = PerCpuArray::pinned(verdict::MAX, 0);
+/// See `map_names::CPU_VERDICTS`; the agent sets its size when it loads
+/// the object.
+#[map(name = "FZ_CPU_VERDICTS")]
+pub static CPU_VERDICTS: Array<Counter> = Array::pinned(MAX_CPUS * VERDICT_STRIDE, 0);
 
 #[map(name = "FZ_RR")]
 pub static RR: PerCpuArray<u32> = PerCpuArray::pinned(MAX_SERVICES, 0);
@@ -70,44 +73,81 @@ const _: () = assert!(
         && core::mem::offset_of!(LocalSlot, seq) == 4
 );
 
-/// The local endpoint (container) at `addr_be`: read from its slot in
-/// `LOCAL_SLOTS` (an array, no hashing), or from `ENDPOINTS` when the slot
-/// holds another address that shares it.
-/// The slot is read as a sequence lock (see `LocalSlot`): a copy taken while
-/// the agent changes it is not trusted.
+/// What the slot of an address in `LOCAL_SLOTS` says about it. Every field
+/// is defined on every path (the endpoint zeroed when there is none), so
+/// that code merging several of these never copies a register the verifier
+/// considers uninitialised, as an `Option`'s empty payload would be.
+#[derive(Clone, Copy)]
+pub struct Local {
+    /// The local endpoint (container) at the address, when `found`.
+    ep: Endpoint,
+    found: bool,
+    /// Whether conntrack may hold a reply entry addressed to it (it was,
+    /// or shares a slot with, the client of a flow NAT'd here). When not,
+    /// a packet to it outside the VIP range needs no conntrack lookup.
+    pub nat_client: bool,
+}
+
+impl Local {
+    /// The local endpoint at the address, if there is one.
+    #[inline(always)]
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        self.found.then_some(self.ep)
+    }
+}
+
+/// Reads the slot of `addr_be`: one cache line for the endpoint and the
+/// NAT-client flag (an array, no hashing). When the slot holds another
+/// address that shares it, the endpoint comes from `ENDPOINTS`.
+/// The endpoint is read as a sequence lock (see `LocalSlot`): a copy taken
+/// while the agent changes it is not trusted.
 #[inline(always)]
-pub fn local_endpoint(addr_be: u32) -> Option<Endpoint> {
-    let p = LOCAL_SLOTS.get_ptr(addr_slot(addr_be))?;
+pub fn local(addr_be: u32) -> Local {
+    let none = |nat_client| Local { ep: Endpoint::default(), found: false, nat_client };
+    let Some(p) = LOCAL_SLOTS.get_ptr(addr_slot(addr_be)) else {
+        return none(false);
+    };
     let words = p.cast::<u64>();
     // SAFETY: the pointer comes from a successful array lookup: valid and
     // 8-aligned (a slot is 64 bytes of words). Volatile reads keep their
     // order (x86 keeps loads in order): the first word (address and `seq`,
-    // read together), the endpoint's four, `seq` again.
-    let (head, ep, again) = unsafe {
+    // read together), the endpoint's four, `seq` again. The flag is a word
+    // of its own, outside the lock.
+    let (head, ep, again, flag) = unsafe {
         let head = core::ptr::read_volatile(words);
         let ep = [0, 1, 2, 3].map(|i| core::ptr::read_volatile(words.add(EP_WORD + i)));
-        (head, ep, core::ptr::read_volatile(core::ptr::addr_of!((*p).seq)))
+        let again = core::ptr::read_volatile(core::ptr::addr_of!((*p).seq));
+        (head, ep, again, core::ptr::read_volatile(core::ptr::addr_of!((*p).nat_client)))
     };
+    let nat_client = flag != 0;
     let [a0, a1, a2, a3, s0, s1, s2, s3] = head.to_ne_bytes();
     let (addr, seq) = (u32::from_ne_bytes([a0, a1, a2, a3]), u32::from_ne_bytes([s0, s1, s2, s3]));
-    // SAFETY: `Endpoint` is 32 bytes of plain integers: any four words are one.
-    let ep = unsafe { core::mem::transmute::<[u64; 4], Endpoint>(ep) };
     if seq & 1 == 0 && seq == again {
         if addr == addr_be {
-            return Some(ep);
+            // SAFETY: `Endpoint` is 32 bytes of plain integers: any four
+            // words are one.
+            let ep = unsafe { core::mem::transmute::<[u64; 4], Endpoint>(ep) };
+            return Local { ep, found: true, nat_client };
         }
         if addr == 0 {
-            return None;
+            return none(nat_client);
         }
     }
-    // SAFETY: the pointer comes from a successful map lookup and is only read.
-    ENDPOINTS.get_ptr(EndpointKey { addr_be }).map(|ep| unsafe { *ep })
+    match ENDPOINTS.get_ptr(EndpointKey { addr_be }) {
+        // SAFETY: the pointer comes from a successful map lookup and is only read.
+        Some(ep) => Local { ep: unsafe { *ep }, found: true, nat_client },
+        None => none(nat_client),
+    }
 }
 
-/// Whether conntrack may hold a reply entry addressed to `addr_be` (it
-/// was, or shares a slot with, the client of a flow NAT'd here). When not,
-/// a packet to it outside the VIP range needs no conntrack lookup. The flag
-/// shares its cache line with the slot's endpoint, which delivery reads next.
+/// The local endpoint (container) at `addr_be` (see `local`).
+#[inline(always)]
+pub fn local_endpoint(addr_be: u32) -> Option<Endpoint> {
+    local(addr_be).endpoint()
+}
+
+/// Whether conntrack may hold a reply entry addressed to `addr_be` (see
+/// `Local::nat_client`).
 #[inline(always)]
 pub fn may_be_nat_client(addr_be: u32) -> bool {
     match LOCAL_SLOTS.get_ptr(addr_slot(addr_be)) {
@@ -157,14 +197,30 @@ pub fn remote(addr_be: u32) -> Option<Remote> {
 pub fn finish(len: u32, outcome: Result<(i32, Option<u32>), u32>) -> i32 {
     match outcome {
         Ok((action, Some(v))) => {
-            count(&VERDICTS, v, len);
+            count_verdict(v, len);
             action
         }
         Ok((action, None)) => action,
         Err(reason) => {
             count(&DROPS, reason, len);
-            count(&VERDICTS, verdict::DROP, len);
+            count_verdict(verdict::DROP, len);
             aya_ebpf::bindings::TC_ACT_SHOT as i32
+        }
+    }
+}
+
+/// Adds one packet of `len` bytes to this CPU's count of verdict `v`.
+#[inline(always)]
+fn count_verdict(v: u32, len: u32) {
+    // SAFETY: a plain helper call with no arguments (inlined by the kernel).
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    if let Some(c) = CPU_VERDICTS.get_ptr_mut(cpu * VERDICT_STRIDE + v) {
+        // SAFETY: the pointer comes from a successful array lookup: valid,
+        // aligned, and written only by this CPU (programs do not migrate
+        // while they run, and TC programs do not nest on one CPU).
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += u64::from(len);
         }
     }
 }

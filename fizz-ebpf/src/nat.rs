@@ -55,21 +55,21 @@ pub enum Outcome {
 /// Translates a packet of a NAT'd flow, or starts one when `to_vip` (the
 /// destination is in the VIP range). Conntrack is looked up only where an
 /// entry can be: towards a VIP, or towards the client of a flow NAT'd here
-/// (`may_be_nat_client`); any other packet is left alone at the cost of one
-/// array read.
+/// (`dst_marked`: the flag in the destination's slot, which the caller has
+/// read with its endpoint); any other packet is left alone.
 ///
 /// Only these checks are inlined into the entry points: the work behind them
 /// (`forget_stale`, `follow`, `start_flow`) is out of line, in BPF
 /// subprograms laid out after the hot path, so that the instructions every
 /// packet runs stay few and contiguous in the instruction cache.
 #[inline(always)]
-pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, to_vip: bool) -> Result<Outcome, u32> {
+pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, to_vip: bool, dst_marked: bool) -> Result<Outcome, u32> {
     let syn = flow.key.proto == IPPROTO_TCP && flow.tcp_flags & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN;
     let marked_src = syn && may_be_nat_client(flow.key.src_be);
     if syn && (to_vip || marked_src) {
         forget_stale(&flow.key, to_vip, marked_src);
     }
-    if !to_vip && !may_be_nat_client(flow.key.dst_be) {
+    if !to_vip && !dst_marked {
         return Ok(Outcome::NotService);
     }
     if let Some(ct) = CONNTRACK.get_ptr_mut(&flow.key) {

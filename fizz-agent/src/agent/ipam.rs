@@ -35,6 +35,11 @@ impl Cidr {
         u32::from(a) & mask(self.len) == u32::from(self.net)
     }
 
+    /// Whether the two ranges share an address (one holds the other).
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.contains(other.net) || other.contains(self.net)
+    }
+
     /// Usable hosts: skips the network address, `.1` (kept for the node) and
     /// the broadcast address.
     fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {

@@ -77,13 +77,26 @@ pub fn run(args: Args, socket: PathBuf) -> Result<()> {
     if args.veth_prefix.is_empty() || args.veth_prefix.len() > 9 {
         bail!("--veth-prefix must be 1 to 9 characters, not `{}`", args.veth_prefix);
     }
+    let range = parse_cidr(&args.range).context("--range")?;
+    let vip_range = parse_cidr(&args.vip_range).context("--vip-range")?;
+    // The datapath takes an address in this node's range for a container,
+    // never for a VIP.
+    if range.overlaps(&vip_range) {
+        bail!(
+            "--vip-range {}/{} overlaps --range {}/{}: service VIPs and container addresses must not share addresses",
+            vip_range.net,
+            vip_range.len,
+            range.net,
+            range.len
+        );
+    }
     let cfg = Config {
         node: args.node.unwrap_or_else(hostname),
         state_dir: args.state_dir,
         pin_dir: args.pin.pin_dir,
         socket,
-        range: parse_cidr(&args.range).context("--range")?,
-        vip_range: parse_cidr(&args.vip_range).context("--vip-range")?,
+        range,
+        vip_range,
         veth_prefix: args.veth_prefix,
         dns_listen: SocketAddr::from((crate::net::plumb::GATEWAY, 53)),
         dns_upstream: if args.dns_upstream.is_empty() { resolv_conf() } else { args.dns_upstream },
@@ -101,6 +114,15 @@ pub fn run(args: Args, socket: PathBuf) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_overlap_when_one_holds_the_other() {
+        let c = |s| parse_cidr(s).unwrap();
+        assert!(c("10.42.0.0/16").overlaps(&c("10.42.3.0/24")));
+        assert!(c("10.42.3.0/24").overlaps(&c("10.42.0.0/16")));
+        assert!(!c("10.42.0.0/16").overlaps(&c("10.43.0.0/16")));
+        assert!(!c("10.42.0.0/24").overlaps(&c("10.42.1.0/24")));
+    }
 
     #[test]
     fn cidrs() {

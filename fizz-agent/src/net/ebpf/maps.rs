@@ -12,7 +12,7 @@ use aya::maps::{
 };
 use fizz_common::{
     map_names, Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey,
-    Remote, RemoteAddr, SockClient, SockPeer, SvcKey, SvcValue, VipKey, VipValue, addr_slot, LocalSlot,
+    Remote, RemoteAddr, SockClient, SockPeer, SvcKey, SvcValue, VipKey, VipValue, addr_slot, LocalSlot, VERDICT_STRIDE,
 };
 
 use super::Error;
@@ -115,6 +115,31 @@ impl Counters {
     /// Whether the array has no entries.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// `CPU_VERDICTS`: counters kept `VERDICT_STRIDE` entries apart for each
+/// CPU in a plain array.
+pub struct CpuCounters {
+    map: Array<MapData, Counter>,
+}
+
+impl CpuCounters {
+    fn open(dir: &Path) -> Result<Self, Error> {
+        let name = map_names::CPU_VERDICTS;
+        let map = Array::try_from(open(dir, name)?).map_err(map_err(name))?;
+        Ok(CpuCounters { map })
+    }
+
+    /// The sum over CPUs of counter `index`.
+    pub fn get(&self, index: u32) -> Result<Counter, Error> {
+        let mut sum = Counter::default();
+        let mut at = index;
+        while at < self.map.len() {
+            sum.add(&self.map.get(&at, 0).map_err(map_err(map_names::CPU_VERDICTS))?);
+            at += VERDICT_STRIDE;
+        }
+        Ok(sum)
     }
 }
 
@@ -319,7 +344,7 @@ pub struct Maps {
     pub endpoints: TypedHash<EndpointKey, Endpoint>,
     pub backend_stats: Counters,
     pub drops: Counters,
-    pub verdicts: Counters,
+    pub verdicts: CpuCounters,
     pub config: ConfigMap,
     pub remotes: Remotes,
     /// Network-namespace cookie → the container whose connects are balanced.
@@ -342,7 +367,7 @@ impl Maps {
             endpoints: TypedHash::open(dir, map_names::ENDPOINTS)?,
             backend_stats: Counters::open(dir, map_names::BACKEND_STATS)?,
             drops: Counters::open(dir, map_names::DROPS)?,
-            verdicts: Counters::open(dir, map_names::VERDICTS)?,
+            verdicts: CpuCounters::open(dir)?,
             config: ConfigMap::open(dir)?,
             remotes: Remotes::open(dir)?,
             sock_clients: TypedHash::open(dir, map_names::SOCK_CLIENTS)?,

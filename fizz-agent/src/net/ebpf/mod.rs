@@ -223,11 +223,7 @@ impl Datapath {
         for d in [pin_dir.to_path_buf(), maps_dir.clone(), pin_dir.join(LINKS), pin_dir.join(WG_LINKS), pin_dir.join(SOCK_LINKS)] {
             std::fs::create_dir_all(&d).map_err(io(format!("creating {}", d.display())))?;
         }
-        // Maps pinned by name are reused when their pins exist.
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&maps_dir)
-            .load(OBJECT)
-            .map_err(|e| Error::Load(Box::new(e)))?;
+        let mut ebpf = load_object(&maps_dir)?;
         // Every client of a flow in conntrack is marked, and every endpoint
         // has its slot, before the programs are replaced: programs older than
         // the marks and slots, or a map lost, would otherwise let replies skip
@@ -251,12 +247,16 @@ impl Datapath {
         // mark from conntrack once more, now that only the new programs run,
         // and drop the old flags' map.
         mark_nat_clients(&mut maps)?;
-        let old_flags = maps_dir.join(fizz_common::map_names::NAT_CLIENTS);
-        match std::fs::remove_file(&old_flags) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::Io { what: format!("unpinning {}", old_flags.display()), source: e })
+        // Also the per-CPU verdict counters those datapaths kept (their
+        // counts start again in `CPU_VERDICTS`).
+        for old in [fizz_common::map_names::NAT_CLIENTS, fizz_common::map_names::VERDICTS] {
+            let old = maps_dir.join(old);
+            match std::fs::remove_file(&old) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::Io { what: format!("unpinning {}", old.display()), source: e })
+                }
+                _ => {}
             }
-            _ => {}
         }
 
         maps.config.set(&cfg)?;
@@ -508,15 +508,25 @@ impl Datapath {
 
 }
 
+/// Loads the datapath's object with its maps pinned in `maps_dir`: maps
+/// pinned by name are reused when their pins exist, the others created and
+/// pinned. `CPU_VERDICTS` is sized to the machine's possible CPUs.
+fn load_object(maps_dir: &Path) -> Result<Ebpf, Error> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Io { what: "counting CPUs".into(), source: e })?;
+    let cpus = u32::try_from(cpus).unwrap_or(u32::MAX).min(fizz_common::MAX_CPUS);
+    EbpfLoader::new()
+        .default_map_pin_directory(maps_dir)
+        .map_max_entries(fizz_common::map_names::CPU_VERDICTS, cpus * fizz_common::VERDICT_STRIDE)
+        .load(OBJECT)
+        .map_err(|e| Error::Load(Box::new(e)))
+}
+
 /// Loads `fz_floor`, the program that does nothing, from the datapath's
 /// object (its maps are those pinned in `pin_dir`), for a benchmark to attach
 /// beside `from_container`. The returned object owns the program and its
 /// links: dropping it detaches them.
 pub fn load_floor(pin_dir: &Path) -> Result<Ebpf, Error> {
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(maps_dir(pin_dir))
-        .load(OBJECT)
-        .map_err(|e| Error::Load(Box::new(e)))?;
+    let mut ebpf = load_object(&maps_dir(pin_dir))?;
     let what = || format!("loading {}", fizz_common::PROG_FLOOR);
     let prog: &mut SchedClassifier = ebpf
         .program_mut(fizz_common::PROG_FLOOR)
