@@ -47,10 +47,10 @@ fn try_from_container(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
         return Ok((TC_ACT_OK as i32, Some(verdict::PASS)));
     }
     let ip = packet::parse_ipv4(ctx)?;
-    let proto = ip.hdr.proto;
+    let proto = ip.proto;
 
     if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || ip.later_fragment {
-        if is_vip_range(ip.hdr.dst_be) && VIPS.get_ptr(VipKey { vip_be: ip.hdr.dst_be }).is_some() {
+        if is_vip_range(ip.dst_be) && VIPS.get_ptr(VipKey { vip_be: ip.dst_be }).is_some() {
             let reason = if ip.is_fragment {
                 drop_reason::VIP_FRAGMENT
             } else {
@@ -58,7 +58,7 @@ fn try_from_container(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
             };
             return Err(reason);
         }
-        return deliver(ctx, &ip, ip.hdr.dst_be, local(ip.hdr.dst_be), false, true);
+        return deliver(ctx, &ip, ip.dst_be, local(ip.dst_be), false, true);
     }
 
     let flow = Flow::parse(ctx, &ip)?;
@@ -70,16 +70,16 @@ fn try_from_container(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
     // may be the client of a NAT'd flow. A local container's address is
     // never in the VIP range (the agent refuses ranges that overlap), so
     // the range is read only for other destinations.
-    let dst = local(ip.hdr.dst_be);
-    let to_vip = dst.endpoint().is_none() && is_vip_range(ip.hdr.dst_be);
+    let dst = local(ip.dst_be);
+    let to_vip = dst.endpoint().is_none() && is_vip_range(ip.dst_be);
     // Every outcome yields a defined destination, so that no merged path
     // reads a register the verifier considers uninitialised.
     let (dst_be, dst, translated) = match nat::translate(ctx, &ip, &flow, to_vip, dst.nat_client)? {
         // A reply keeps its destination (the client, whose slot was read);
         // a forward packet now goes to its backend.
-        nat::Outcome::Translated { dst_be } if dst_be == ip.hdr.dst_be => (dst_be, dst, true),
+        nat::Outcome::Translated { dst_be } if dst_be == ip.dst_be => (dst_be, dst, true),
         nat::Outcome::Translated { dst_be } => (dst_be, local(dst_be), true),
-        nat::Outcome::NotService => (ip.hdr.dst_be, dst, false),
+        nat::Outcome::NotService => (ip.dst_be, dst, false),
         nat::Outcome::Reject(reason) => {
             count(&DROPS, reason, ctx.len());
             return reject::reject(ctx, &ip, &flow).map(|(a, v)| (a, Some(v)));
@@ -108,7 +108,7 @@ fn deliver(
     };
     // Network isolation for flows that conntrack has not vouched for.
     if check_policy && ep.net_mask != 0 {
-        if let Some(src) = local_endpoint(ip.hdr.src_be) {
+        if let Some(src) = local_endpoint(ip.src_be) {
             if !nat::networks_meet(src.net_mask, ep.net_mask) {
                 return Err(drop_reason::POLICY);
             }

@@ -49,8 +49,8 @@ fn try_from_wireguard(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
         return pass;
     }
     let ip = packet::parse_ipv4_at(ctx, IP_OFF_L3)?;
-    let proto = ip.hdr.proto;
-    let mut dst = local(ip.hdr.dst_be);
+    let proto = ip.proto;
+    let mut dst = local(ip.dst_be);
     let mut translated = false;
     if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && !ip.later_fragment {
         let flow = Flow::parse(ctx, &ip)?;
@@ -59,7 +59,7 @@ fn try_from_wireguard(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
             nat::Outcome::Translated { dst_be } => {
                 // A reply keeps its destination, the client; only a hairpin
                 // reply (never one from the tunnel) changes it.
-                if dst_be != ip.hdr.dst_be {
+                if dst_be != ip.dst_be {
                     dst = local(dst_be);
                 }
                 translated = true;

@@ -29,7 +29,7 @@ impl Flow {
     #[inline(always)]
     pub fn parse(ctx: &TcContext, ip: &Ipv4) -> Result<Flow, u32> {
         let ports: [u16; 2] = packet::load(ctx, ip.l4_off)?;
-        let tcp_flags = if ip.hdr.proto == IPPROTO_TCP {
+        let tcp_flags = if ip.proto == IPPROTO_TCP {
             // Data offset and flags as one read (see `packet::load`).
             let [_, flags] = packet::load::<[u8; 2]>(ctx, ip.l4_off + 12)?;
             flags
@@ -37,7 +37,7 @@ impl Flow {
             0
         };
         Ok(Flow {
-            key: CtKey::new(ip.hdr.src_be, ip.hdr.dst_be, ports[0], ports[1], ip.hdr.proto),
+            key: CtKey::new(ip.src_be, ip.dst_be, ports[0], ports[1], ip.proto),
             tcp_flags,
         })
     }
@@ -245,7 +245,7 @@ pub fn networks_meet(a: u64, b: u64) -> bool {
 /// Rewrites only the destination (`dst == true`) or source address.
 #[inline(always)]
 fn rewrite_addr(ctx: &TcContext, ip: &Ipv4, dst: bool, old_be: u32, new_be: u32) -> Result<(), u32> {
-    let (csum_off, mangled) = if ip.hdr.proto == IPPROTO_TCP {
+    let (csum_off, mangled) = if ip.proto == IPPROTO_TCP {
         (ip.l4_off + TCP_CSUM, 0)
     } else {
         (ip.l4_off + UDP_CSUM, u64::from(BPF_F_MARK_MANGLED_0))
@@ -346,7 +346,7 @@ fn rewrite(
     new_port_be: u16,
 ) -> Result<(), u32> {
     let (addr_off, port_off) = if dst { (IP_DST, L4_DPORT) } else { (IP_SRC, L4_SPORT) };
-    let (csum_off, mangled) = if ip.hdr.proto == IPPROTO_TCP {
+    let (csum_off, mangled) = if ip.proto == IPPROTO_TCP {
         (ip.l4_off + TCP_CSUM, 0)
     } else {
         (ip.l4_off + UDP_CSUM, u64::from(BPF_F_MARK_MANGLED_0))

@@ -45,10 +45,15 @@ pub struct Ipv4Hdr {
     pub dst_be: u32,
 }
 
-/// What the parser learned about an IPv4 packet.
+/// What the parser learned about an IPv4 packet: only what later steps
+/// use, so that the little the program keeps on its stack across calls
+/// stays little.
 #[derive(Clone, Copy)]
 pub struct Ipv4 {
-    pub hdr: Ipv4Hdr,
+    pub src_be: u32,
+    pub dst_be: u32,
+    pub tot_len_be: u16,
+    pub proto: u8,
     /// Offset of the IPv4 header (`IP_OFF` or `IP_OFF_L3`).
     pub ip_off: usize,
     /// Offset of the transport header (after IP options).
@@ -177,7 +182,10 @@ pub fn parse_ipv4_at(ctx: &TcContext, ip_off: usize) -> Result<Ipv4, u32> {
     }
     let frag = u16::from_be(hdr.frag_off_be);
     Ok(Ipv4 {
-        hdr,
+        src_be: hdr.src_be,
+        dst_be: hdr.dst_be,
+        tot_len_be: hdr.tot_len_be,
+        proto: hdr.proto,
         ip_off,
         l4_off: ip_off + ihl,
         is_fragment: frag & 0x3fff != 0,

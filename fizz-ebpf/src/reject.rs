@@ -57,7 +57,7 @@ fn build_reject(ctx: &TcContext, ip: &Ipv4, flow: &Flow) -> Result<(i32, u32), u
     if ip.l4_off != ETH_LEN + IP_HDR {
         return Err(drop_reason::REJECT_FAILED);
     }
-    if ip.hdr.proto == IPPROTO_TCP {
+    if ip.proto == IPPROTO_TCP {
         if flow.tcp_flags & TCP_RST != 0 {
             // Never answer a reset with a reset.
             return Ok((TC_ACT_SHOT as i32, verdict::DROP));
@@ -99,8 +99,8 @@ fn reply_headers(ctx: &TcContext, ip: &Ipv4, buf: &mut [u8], tot_len: u16, proto
     h[9] = proto;
     h[10] = 0;
     h[11] = 0;
-    h[12..16].copy_from_slice(&ip.hdr.dst_be.to_ne_bytes());
-    h[16..20].copy_from_slice(&ip.hdr.src_be.to_ne_bytes());
+    h[12..16].copy_from_slice(&ip.dst_be.to_ne_bytes());
+    h[16..20].copy_from_slice(&ip.src_be.to_ne_bytes());
     let csum = checksum::fold(checksum::add_bytes(0, h));
     h[10..12].copy_from_slice(&csum.to_be_bytes());
     Ok(())
@@ -119,7 +119,7 @@ fn tcp_reset(ctx: &TcContext, ip: &Ipv4, flow: &Flow) -> Result<(), u32> {
     let seq_be: u32 = packet::load(ctx, l4 + 4)?;
     let ack_be: u32 = packet::load(ctx, l4 + 8)?;
     let doff = usize::from(packet::load::<u8>(ctx, l4 + 12)? >> 4) * 4;
-    let ip_len = usize::from(u16::from_be(ip.hdr.tot_len_be));
+    let ip_len = usize::from(u16::from_be(ip.tot_len_be));
     let payload = ip_len.saturating_sub(IP_HDR + doff) as u32;
     let f = flow.tcp_flags;
 
@@ -145,7 +145,7 @@ fn tcp_reset(ctx: &TcContext, ip: &Ipv4, flow: &Flow) -> Result<(), u32> {
     t[12] = (TCP_HDR as u8 / 4) << 4;
     t[13] = flags;
     // Window, checksum and urgent pointer stay zero until the checksum below.
-    let mut sum = pseudo_header(ip.hdr.dst_be, ip.hdr.src_be, IPPROTO_TCP, TCP_HDR as u16);
+    let mut sum = pseudo_header(ip.dst_be, ip.src_be, IPPROTO_TCP, TCP_HDR as u16);
     sum = checksum::add_bytes(sum, t);
     let csum = checksum::fold(sum);
     t[16..18].copy_from_slice(&csum.to_be_bytes());
