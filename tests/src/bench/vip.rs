@@ -265,14 +265,36 @@ impl Bench {
     fn program_cost(&mut self, n: usize) -> Result<()> {
         eprintln!("program cost with {}", services(n));
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
-        let floor = self.fizz.attach_floor()?;
         for _ in 0..self.rounds {
             for idle in [Idle::Allowed, Idle::Kept] {
                 let _no_idle = match idle {
                     Idle::Allowed => None,
                     Idle::Kept => Some(host::NoIdle::hold()?),
                 };
+                self.program_cost_alone(n, idle)?;
+                let floor = self.fizz.attach_floor()?;
                 self.program_cost_round(&floor, n, idle)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The program's time per run with nothing in front of it, as the agent
+    /// runs it: it then also pays for the first touch of what any program
+    /// touches (which the floor pays when it runs first).
+    fn program_cost_alone(&mut self, n: usize, idle: Idle) -> Result<()> {
+        for mode in Mode::ALL {
+            for s in [Scenario::Direct, Scenario::FizzVip] {
+                let series = cost_key(Cost::Alone, n, mode, s, idle);
+                let before = self.fizz.dp.program().info().context("reading the program's statistics")?;
+                self.measure(&series, s, mode, self.dur)?;
+                let after = self.fizz.dp.program().info().context("reading the program's statistics")?;
+                let runs = after.run_count().saturating_sub(before.run_count());
+                if runs == 0 {
+                    bail!("the program ran 0 times during {series}: are BPF statistics supported?");
+                }
+                let time = after.run_time().saturating_sub(before.run_time());
+                self.results.push(&series, "ns/run", time.as_nanos() as f64 / runs as f64);
             }
         }
         Ok(())
@@ -370,7 +392,7 @@ impl Bench {
             for n in COST_AT {
                 for mode in Mode::ALL {
                     for s in [Scenario::Direct, Scenario::FizzVip] {
-                        for what in [Cost::Program, Cost::Floor, Cost::AboveFloor] {
+                        for what in [Cost::Alone, Cost::Program, Cost::Floor, Cost::AboveFloor] {
                             let key = cost_key(what, n, mode, s, idle);
                             let label = format!("{}, {}, {}, {}", what.label(), s.label(), services(n), idle.label());
                             cost.extend(self.line(&key, &key, None, label, &format!("ns per packet, {}", mode.label())));
@@ -413,9 +435,11 @@ impl Bench {
              Measured twice per round: with the CPUs free to idle between packets (on a virtual machine each \
              wake-up exits to the hypervisor and leaves the caches cold) and with them kept out of idle \
              (PM QoS /dev/cpu_dma_latency = 0, as tuned's network-latency profile sets); every other figure \
-             is taken with idle allowed. The floor: fz_floor, a program that does nothing, attached in front \
-             of the Fizz program on the same veths for these runs, measured on the same packets: what running \
-             any program costs here (dispatch, the statistics' clock reads)."
+             is taken with idle allowed. \"Alone\": the Fizz program as the agent runs it, nothing else on its \
+             hook. Then the floor: fz_floor, a program that does nothing, attached in front of the Fizz program \
+             on the same veths, measured on the same packets: what running any program costs here (dispatch, \
+             the statistics' clock reads, the first touch of the packet's metadata), which the Fizz program \
+             behind it no longer pays."
         );
         if let Some((peak, max)) = self.conntrack_peak {
             let note = if peak * 100 >= max * 95 {
@@ -476,7 +500,9 @@ impl Idle {
 /// What a program-cost series measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Cost {
-    /// `from_container`'s time per run.
+    /// `from_container`'s time per run, alone on its hook.
+    Alone,
+    /// `from_container`'s time per run, behind `fz_floor`.
     Program,
     /// `fz_floor`'s (a program that does nothing) on the same packets.
     Floor,
@@ -487,7 +513,8 @@ enum Cost {
 impl Cost {
     fn label(self) -> &'static str {
         match self {
-            Cost::Program => "fizz program",
+            Cost::Alone => "fizz program alone",
+            Cost::Program => "fizz program behind the floor",
             Cost::Floor => "empty program (floor)",
             Cost::AboveFloor => "fizz program above the floor",
         }
@@ -497,6 +524,7 @@ impl Cost {
 /// The series of a program cost per packet.
 fn cost_key(what: Cost, n: usize, mode: Mode, s: Scenario, idle: Idle) -> String {
     let prefix = match what {
+        Cost::Alone => "prog_alone_ns_per_packet",
         Cost::Program => "prog_ns_per_packet",
         Cost::Floor => "floor_ns_per_packet",
         Cost::AboveFloor => "prog_above_floor_ns_per_packet",
