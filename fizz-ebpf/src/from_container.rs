@@ -4,7 +4,9 @@
 //! 1. the destination's slot in `FZ_LOCAL_SLOTS` (one cache line): its
 //!    endpoint when it is a container on this node, and whether it may be
 //!    the client of a NAT'd flow. Only for a destination that is not local
-//!    is the VIP range read (the ranges never overlap);
+//!    is the VIP range read (the ranges never overlap); a slot holding
+//!    another address sends a destination outside the range, never a VIP,
+//!    to `FZ_ENDPOINTS`;
 //! 2. conntrack hit → rewrite (forward: destination to the backend; reply:
 //!    source back to the VIP). Looked up only where an entry can be: for a
 //!    destination in the VIP range, or a flagged one; a plain
@@ -25,7 +27,7 @@ use aya_ebpf::{
 use fizz_common::{drop_reason, verdict, VipKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    maps::{count, finish, is_vip_range, local, local_endpoint, remote, Local, DROPS, VIPS},
+    maps::{count, finish, is_vip_range, local, local_endpoint, remote, slot, Local, DROPS, VIPS},
     nat::{self, Flow},
     packet::{self, Ipv4, ETH_P_IP},
     reject,
@@ -70,16 +72,18 @@ fn try_from_container(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
     // may be the client of a NAT'd flow. A local container's address is
     // never in the VIP range (the agent refuses ranges that overlap), so
     // the range is read only for other destinations.
-    let dst = local(ip.dst_be);
+    let dst = slot(ip.dst_be);
     let to_vip = dst.endpoint().is_none() && is_vip_range(ip.dst_be);
+    // A VIP is not looked up in `ENDPOINTS` when its slot is another's.
+    let known = |dst: Local| dst.resolved(ip.dst_be);
     // Every outcome yields a defined destination, so that no merged path
     // reads a register the verifier considers uninitialised.
     let (dst_be, dst, translated) = match nat::translate(ctx, &ip, &flow, to_vip, dst.nat_client)? {
         // A reply keeps its destination (the client, whose slot was read);
         // a forward packet now goes to its backend.
-        nat::Outcome::Translated { dst_be } if dst_be == ip.dst_be => (dst_be, dst, true),
+        nat::Outcome::Translated { dst_be } if dst_be == ip.dst_be => (dst_be, known(dst), true),
         nat::Outcome::Translated { dst_be } => (dst_be, local(dst_be), true),
-        nat::Outcome::NotService => (ip.dst_be, dst, false),
+        nat::Outcome::NotService => (ip.dst_be, known(dst), false),
         nat::Outcome::Reject(reason) => {
             count(&DROPS, reason, ctx.len());
             return reject::reject(ctx, &ip, &flow).map(|(a, v)| (a, Some(v)));

@@ -82,6 +82,9 @@ pub struct Local {
     /// The local endpoint (container) at the address, when `found`.
     ep: Endpoint,
     found: bool,
+    /// The slot could not tell (it holds another address of the slot, or
+    /// the agent was changing it): `ENDPOINTS` has the answer.
+    ask: bool,
     /// Whether conntrack may hold a reply entry addressed to it (it was,
     /// or shares a slot with, the client of a flow NAT'd here). When not,
     /// a packet to it outside the VIP range needs no conntrack lookup.
@@ -89,23 +92,40 @@ pub struct Local {
 }
 
 impl Local {
-    /// The local endpoint at the address, if there is one.
+    /// The local endpoint at the address, if there is one (for a slot that
+    /// could not tell, once `resolved`).
     #[inline(always)]
     pub fn endpoint(&self) -> Option<Endpoint> {
         self.found.then_some(self.ep)
     }
+
+    /// The answer for `addr_be`, from `ENDPOINTS` when the slot could not
+    /// tell.
+    #[inline(always)]
+    pub fn resolved(self, addr_be: u32) -> Local {
+        if !self.ask {
+            return self;
+        }
+        let nat_client = self.nat_client;
+        match ENDPOINTS.get_ptr(EndpointKey { addr_be }) {
+            // SAFETY: the pointer comes from a successful map lookup and is only read.
+            Some(ep) => Local { ep: unsafe { *ep }, found: true, ask: false, nat_client },
+            None => Local { ep: Endpoint::default(), found: false, ask: false, nat_client },
+        }
+    }
 }
 
-/// Reads the slot of `addr_be`: one cache line for the endpoint and the
-/// NAT-client flag (an array, no hashing). When the slot holds another
-/// address that shares it, the endpoint comes from `ENDPOINTS`.
+/// Reads the slot of `addr_be` only: one cache line for the endpoint and
+/// the NAT-client flag (an array, no hashing). A slot holding another
+/// address that shares it asks `ENDPOINTS` (`Local::resolved`), which a
+/// caller may skip when the address turns out to be a VIP.
 /// The endpoint is read as a sequence lock (see `LocalSlot`): a copy taken
 /// while the agent changes it is not trusted.
 #[inline(always)]
-pub fn local(addr_be: u32) -> Local {
-    let none = |nat_client| Local { ep: Endpoint::default(), found: false, nat_client };
+pub fn slot(addr_be: u32) -> Local {
+    let answer = |ep, found, ask, nat_client| Local { ep, found, ask, nat_client };
     let Some(p) = LOCAL_SLOTS.get_ptr(addr_slot(addr_be)) else {
-        return none(false);
+        return answer(Endpoint::default(), false, true, false);
     };
     let words = p.cast::<u64>();
     // SAFETY: the pointer comes from a successful array lookup: valid and
@@ -127,17 +147,20 @@ pub fn local(addr_be: u32) -> Local {
             // SAFETY: `Endpoint` is 32 bytes of plain integers: any four
             // words are one.
             let ep = unsafe { core::mem::transmute::<[u64; 4], Endpoint>(ep) };
-            return Local { ep, found: true, nat_client };
+            return answer(ep, true, false, nat_client);
         }
         if addr == 0 {
-            return none(nat_client);
+            return answer(Endpoint::default(), false, false, nat_client);
         }
     }
-    match ENDPOINTS.get_ptr(EndpointKey { addr_be }) {
-        // SAFETY: the pointer comes from a successful map lookup and is only read.
-        Some(ep) => Local { ep: unsafe { *ep }, found: true, nat_client },
-        None => none(nat_client),
-    }
+    answer(Endpoint::default(), false, true, nat_client)
+}
+
+/// What is known of `addr_be` as a local address: its slot, and
+/// `ENDPOINTS` when the slot cannot tell.
+#[inline(always)]
+pub fn local(addr_be: u32) -> Local {
+    slot(addr_be).resolved(addr_be)
 }
 
 /// The local endpoint (container) at `addr_be` (see `local`).

@@ -207,6 +207,23 @@ fn endpoints_are_read_from_their_slot_and_a_shared_or_changing_slot_falls_back()
 }
 
 #[test]
+fn a_vip_whose_slot_holds_a_container_is_still_balanced() {
+    require_root!();
+    let mut f = fixture();
+    // 10.42.0.10 and the VIP 10.43.0.10 share a slot (the low 12 bits).
+    let neighbour = Ipv4Addr::new(10, 42, 0, 10);
+    let ep = Endpoint { ifindex: 1, mac: [0x0a, 0x58, 10, 42, 0, 10], node_mac: NODE_MAC, net_mask: 0, netns_cookie: 0 };
+    f.dp.set_endpoint(neighbour, ep).unwrap();
+    assert_eq!(f.dp.maps().local_slots.get(u32::from(VIP).to_be()).addr_be, u32::from(neighbour).to_be());
+    let out = run(&f, &Frame::tcp(CLIENT, 40001, VIP, 80).build());
+    assert_eq!(out.retval, REDIRECT);
+    let p = parse(&out.data).unwrap();
+    assert_eq!((p.dst, p.dport, p.dst_mac), (BACKEND, 8080, BACKEND_MAC), "the VIP is balanced");
+    let out = run(&f, &Frame::udp(CLIENT, 6000, neighbour, 7).build());
+    assert_eq!((out.retval, parse(&out.data).unwrap().dst_mac[5]), (REDIRECT, 10), "the container is delivered to");
+}
+
+#[test]
 fn a_service_without_declared_ports_takes_any_port_and_exact_ports_win() {
     require_root!();
     let f = fixture();
