@@ -33,7 +33,7 @@ for _ in 1 2 3 4; do
 done
 
 step "fizz net inspect   (in node 1's namespace)"
-nsenter --net=/var/run/netns/fizz-dev-1 -- "$fizz" net inspect --pin-dir /sys/fs/bpf/fizz-dev/node1 | head -40
+nsenter --net=/var/run/netns/fizz-dev-1 -- "$fizz" net inspect --pin-dir /sys/fs/bpf/fizz-dev/node1
 
 cat <<EOT
 
