@@ -224,6 +224,28 @@ fn a_vip_whose_slot_holds_a_container_is_still_balanced() {
 }
 
 #[test]
+fn maps_of_an_older_layout_are_unpinned_when_the_datapath_opens_and_verdicts_still_count() {
+    require_root!();
+    let f = fixture();
+    let maps_dir = fizz::net::ebpf::maps_dir(f.dp.pin_dir());
+    // Stand-ins for the maps older datapaths pinned under these names.
+    let old = [fizz_common::map_names::NAT_CLIENTS, fizz_common::map_names::VERDICTS];
+    for name in old {
+        let any = aya::maps::MapData::from_pin(maps_dir.join(fizz_common::map_names::CONFIG)).unwrap();
+        any.pin(maps_dir.join(name)).unwrap();
+    }
+    let reopened = Datapath::open(f.dp.pin_dir(), Default::default()).expect("reopen the datapath");
+    for name in old {
+        assert!(!maps_dir.join(name).exists(), "{name} is unpinned");
+    }
+    let before = reopened.maps().verdicts.get(fizz_common::verdict::REDIRECT_LOCAL).unwrap().packets;
+    let out = test_run(reopened.program(), &Frame::udp(CLIENT, 6000, BACKEND, 7).build()).unwrap();
+    assert_eq!(out.retval, REDIRECT);
+    let after = reopened.maps().verdicts.get(fizz_common::verdict::REDIRECT_LOCAL).unwrap().packets;
+    assert_eq!(after, before + 1, "the verdict is counted in FZ_CPU_VERDICTS");
+}
+
+#[test]
 fn a_service_without_declared_ports_takes_any_port_and_exact_ports_win() {
     require_root!();
     let f = fixture();
