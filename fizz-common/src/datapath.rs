@@ -108,7 +108,7 @@ pub const VERDICT_STRIDE: u32 = 16;
 /// The largest number of CPUs `CPU_VERDICTS` is declared for; the loader
 /// sizes it to the possible CPUs.
 pub const MAX_CPUS: u32 = 4_096;
-const _: () = assert!(verdict::MAX * 16 <= VERDICT_STRIDE * 16 / 2 && verdict::MAX <= 8);
+const _: () = assert!(verdict::MAX <= VERDICT_STRIDE / 2);
 
 /// Distinct backend ids (index of `BACKEND_STATS`).
 pub const MAX_BACKEND_IDS: u32 = 65_536;

@@ -101,6 +101,13 @@ impl FizzNode {
         Ok(Floor(ebpf))
     }
 
+    /// `from_container`'s (runs, run time) so far, from the kernel's BPF
+    /// run-time statistics.
+    pub fn program_stats(&self) -> Result<(u64, Duration)> {
+        let info = self.dp.program().info().context("reading the program's statistics")?;
+        Ok((info.run_count(), info.run_time()))
+    }
+
     /// Empties the datapath's conntrack (an agent's sweep with every timeout
     /// at zero); returns how many entries went. Closed flows otherwise stay
     /// until an agent sweeps them, 10 s after they closed, and:

@@ -271,58 +271,35 @@ impl Bench {
                     Idle::Allowed => None,
                     Idle::Kept => Some(host::NoIdle::hold()?),
                 };
-                self.program_cost_alone(n, idle)?;
+                self.program_cost_round(None, n, idle)?;
                 let floor = self.fizz.attach_floor()?;
-                self.program_cost_round(&floor, n, idle)?;
+                self.program_cost_round(Some(&floor), n, idle)?;
             }
         }
         Ok(())
     }
 
-    /// The program's time per run with nothing in front of it, as the agent
-    /// runs it: it then also pays for the first touch of what any program
-    /// touches (which the floor pays when it runs first).
-    fn program_cost_alone(&mut self, n: usize, idle: Idle) -> Result<()> {
+    /// One round of every metric: the program's time per run, alone on its
+    /// hook (`floor` none: as the agent runs it, so it also pays for the
+    /// first touch of what any program touches), or behind the floor
+    /// program, whose own time per run comes from the same packets.
+    fn program_cost_round(&mut self, floor: Option<&Floor>, n: usize, idle: Idle) -> Result<()> {
+        let read_floor = |f: Option<&Floor>| f.map(Floor::stats).transpose();
         for mode in Mode::ALL {
             for s in [Scenario::Direct, Scenario::FizzVip] {
-                let series = cost_key(Cost::Alone, n, mode, s, idle);
-                let before = self.fizz.dp.program().info().context("reading the program's statistics")?;
+                let what = if floor.is_some() { Cost::Program } else { Cost::Alone };
+                let series = cost_key(what, n, mode, s, idle);
+                let before = self.fizz.program_stats()?;
+                let floor_before = read_floor(floor)?;
                 self.measure(&series, s, mode, self.dur)?;
-                let after = self.fizz.dp.program().info().context("reading the program's statistics")?;
-                let runs = after.run_count().saturating_sub(before.run_count());
-                if runs == 0 {
-                    bail!("the program ran 0 times during {series}: are BPF statistics supported?");
-                }
-                let time = after.run_time().saturating_sub(before.run_time());
-                self.results.push(&series, "ns/run", time.as_nanos() as f64 / runs as f64);
-            }
-        }
-        Ok(())
-    }
-
-    /// One round: the program's and the floor program's time per run, from
-    /// the same packets.
-    fn program_cost_round(&mut self, floor: &Floor, n: usize, idle: Idle) -> Result<()> {
-        for mode in Mode::ALL {
-            for s in [Scenario::Direct, Scenario::FizzVip] {
-                let series = cost_key(Cost::Program, n, mode, s, idle);
-                let before = self.fizz.dp.program().info().context("reading the program's statistics")?;
-                let floor_before = floor.stats()?;
-                self.measure(&series, s, mode, self.dur)?;
-                let after = self.fizz.dp.program().info().context("reading the program's statistics")?;
-                let floor_after = floor.stats()?;
-                let runs = after.run_count().saturating_sub(before.run_count());
-                let time = after.run_time().saturating_sub(before.run_time());
-                let floor_runs = floor_after.0.saturating_sub(floor_before.0);
-                let floor_time = floor_after.1.saturating_sub(floor_before.1);
-                if runs == 0 || floor_runs == 0 {
-                    bail!("a program ran 0 times during {series}: are BPF statistics supported?");
-                }
-                let program = time.as_nanos() as f64 / runs as f64;
-                let empty = floor_time.as_nanos() as f64 / floor_runs as f64;
+                let zero_runs = || anyhow::anyhow!("a program ran 0 times during {series}: are BPF statistics supported?");
+                let program = ns_per_run(before, self.fizz.program_stats()?).ok_or_else(zero_runs)?;
                 self.results.push(&series, "ns/run", program);
-                self.results.push(&cost_key(Cost::Floor, n, mode, s, idle), "ns/run", empty);
-                self.results.push(&cost_key(Cost::AboveFloor, n, mode, s, idle), "ns/run", program - empty);
+                if let (Some(floor_before), Some(floor_after)) = (floor_before, read_floor(floor)?) {
+                    let empty = ns_per_run(floor_before, floor_after).ok_or_else(zero_runs)?;
+                    self.results.push(&cost_key(Cost::Floor, n, mode, s, idle), "ns/run", empty);
+                    self.results.push(&cost_key(Cost::AboveFloor, n, mode, s, idle), "ns/run", program - empty);
+                }
             }
         }
         Ok(())
@@ -519,6 +496,14 @@ impl Cost {
             Cost::AboveFloor => "fizz program above the floor",
         }
     }
+}
+
+/// Time per run between two readings of a program's (runs, run time), or
+/// none if it did not run.
+fn ns_per_run(before: (u64, Duration), after: (u64, Duration)) -> Option<f64> {
+    let runs = after.0.saturating_sub(before.0);
+    let time = after.1.saturating_sub(before.1);
+    (runs > 0).then(|| time.as_nanos() as f64 / runs as f64)
 }
 
 /// The series of a program cost per packet.

@@ -75,6 +75,11 @@ impl<K: aya::Pod, V: aya::Pod> TypedHash<K, V> {
     }
 }
 
+/// The machine's possible CPUs (per-CPU maps have an entry for each).
+pub(super) fn possible_cpus() -> Result<usize, Error> {
+    aya::util::nr_cpus().map_err(|(_, e)| Error::Io { what: "counting CPUs".into(), source: e })
+}
+
 /// A per-CPU array of counters.
 pub struct Counters {
     name: &'static str,
@@ -99,7 +104,7 @@ impl Counters {
 
     /// Sets entry `index` to zero on every CPU (before an id is reused).
     pub fn reset(&mut self, index: u32) -> Result<(), Error> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Io { what: "counting CPUs".into(), source: e })?;
+        let cpus = possible_cpus()?;
         let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|e| Error::Io {
             what: "building per-CPU values".into(),
             source: e,

@@ -512,8 +512,7 @@ impl Datapath {
 /// pinned by name are reused when their pins exist, the others created and
 /// pinned. `CPU_VERDICTS` is sized to the machine's possible CPUs.
 fn load_object(maps_dir: &Path) -> Result<Ebpf, Error> {
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Io { what: "counting CPUs".into(), source: e })?;
-    let cpus = u32::try_from(cpus).unwrap_or(u32::MAX).min(fizz_common::MAX_CPUS);
+    let cpus = u32::try_from(maps::possible_cpus()?).unwrap_or(u32::MAX).min(fizz_common::MAX_CPUS);
     EbpfLoader::new()
         .default_map_pin_directory(maps_dir)
         .map_max_entries(fizz_common::map_names::CPU_VERDICTS, cpus * fizz_common::VERDICT_STRIDE)
