@@ -162,6 +162,25 @@ pub fn spawn_in<T: Send + 'static>(
     }))
 }
 
+/// Keeps the calling thread on CPU `cpu` (threads it starts afterwards
+/// inherit that).
+pub fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it
+    // for any `cpu` below CPU_SETSIZE (checked), and sched_setaffinity only
+    // reads it.
+    unsafe {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            bail!("CPU {cpu} is beyond what an affinity mask can name");
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!("keeping a thread on CPU {cpu}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Polls `f` until it returns true or `timeout` passes.
 pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Result<()> {
     let start = Instant::now();

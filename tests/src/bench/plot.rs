@@ -33,7 +33,7 @@ pub fn draw(dir: &Path, stem: &str, bars: &[Bars], scale: &[ScalePoint]) -> Resu
         let r = b.ratios.map(|r| if r.is_finite() { format!("{r:.4}") } else { "NaN".into() });
         data += &format!("\"{}\" {} {} {}\n", b.label, r[0], r[1], r[2]);
     }
-    data += "\n\n# services, conn_rate ratio to direct: fizz_vip iptables_vip\n";
+    data += "\n\n# services, conn_rate ratio to direct: fizz_vip_nat iptables_vip\n";
     for p in scale {
         data += &format!("{} {:.4} {:.4}\n", p.services, p.fizz, p.iptables);
     }
@@ -64,7 +64,7 @@ set xrange [0.7:*]
 set xlabel "services loaded"
 set ylabel "connection rate: ratio to direct"
 set key bottom left
-plot '{dat}' index 1 using 1:2 with linespoints lw 2 pt 7 title 'Fizz VIP', \
+plot '{dat}' index 1 using 1:2 with linespoints lw 2 pt 7 title 'Fizz VIP (NAT per packet)', \
      '' index 1 using 1:3 with linespoints lw 2 pt 5 title 'iptables DNAT (measured rule last)'
 unset multiplot
 "#,

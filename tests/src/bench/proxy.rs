@@ -21,7 +21,7 @@ const COPY_BUF: usize = 32 * 1024;
 /// backend are bound to `listen`, an address only that namespace has, so
 /// they can never leave through another one.
 pub fn start(ns_path: &str, listen: Ipv4Addr, backend: Ipv4Addr) -> Result<Background> {
-    Background::start("the userspace proxy", ns_path, 2, move || async move {
+    Background::start("the userspace proxy", ns_path, 2, None, move || async move {
         for mode in Mode::ALL {
             let addr = SocketAddr::from((listen, mode.vip_port()));
             let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;

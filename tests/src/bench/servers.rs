@@ -23,10 +23,11 @@ pub struct Background {
 
 impl Background {
     /// Starts the runtime (`workers` worker threads, or the current-thread
-    /// runtime for 0) in the namespace at `ns_path` and runs `setup` on it,
+    /// runtime for 0; on CPU `cpu` only, when given) in the namespace at
+    /// `ns_path` and runs `setup` on it,
     /// which binds its listeners and spawns its tasks. Returns once `setup`
     /// succeeded, so the listeners accept from then on.
-    pub fn start<F, Fut>(what: &str, ns_path: &str, workers: usize, setup: F) -> Result<Background>
+    pub fn start<F, Fut>(what: &str, ns_path: &str, workers: usize, cpu: Option<usize>, setup: F) -> Result<Background>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<()>>,
@@ -34,6 +35,12 @@ impl Background {
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<()>>(1);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = fizz_tests::spawn_in(ns_path, move || {
+            if let Some(cpu) = cpu {
+                if let Err(e) = fizz_tests::pin_to_cpu(cpu) {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            }
             let rt = if workers == 0 {
                 tokio::runtime::Builder::new_current_thread().enable_all().build()
             } else {
@@ -89,9 +96,9 @@ impl Drop for Background {
 }
 
 /// Starts the servers of every mode on `0.0.0.0:<mode's port>` in the
-/// namespace at `ns_path`.
-pub fn start(ns_path: &str) -> Result<Background> {
-    Background::start("the backend servers", ns_path, 0, || async {
+/// namespace at `ns_path`, on one thread (kept on CPU `cpu` when given).
+pub fn start(ns_path: &str, cpu: Option<usize>) -> Result<Background> {
+    Background::start("the backend servers", ns_path, 0, cpu, || async {
         for mode in Mode::ALL {
             let addr = SocketAddr::from(([0, 0, 0, 0], mode.backend_port()));
             let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;

@@ -12,12 +12,17 @@ use fizz::net::{
     service::{BackendAddr, Frontend, Proto, ServiceSpec},
     Datapath,
 };
+use fizz_common::Endpoint;
 use fizz_tests::{sh, Container, NetNs, Node};
 
 use super::{interrupt, load::Mode, proxy, servers::Background};
 
 pub const FIZZ_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 2);
 pub const FIZZ_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 3);
+/// A client on the Fizz node whose TCP connects are not balanced at
+/// connect time: its VIP flows are NAT'd packet by packet, as those of a
+/// client on another node or of a process outside any container are.
+pub const FIZZ_NAT_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 4);
 pub const KERNEL_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 42, 1, 2);
 pub const KERNEL_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 42, 1, 3);
 pub const FIZZ_VIP: Ipv4Addr = Ipv4Addr::new(10, 43, 0, 1);
@@ -47,33 +52,40 @@ fn many_connections(ns: &NetNs) -> Result<()> {
     .with_context(|| format!("setting the port sysctls in {}", ns.name))
 }
 
-/// A node with the Fizz datapath on both containers' veths.
+/// A node with the Fizz datapath on its containers' veths: two clients
+/// (one balanced at connect time, one NAT'd per packet) and a backend.
 pub struct FizzNode {
     // Fields drop in this order: the servers leave the namespace first.
     _servers: Background,
     pub dp: Datapath,
     pub client: Container,
+    pub nat_client: Container,
     _backend: Container,
     node: Node,
     extra: usize,
 }
 
 impl FizzNode {
-    pub fn build() -> Result<FizzNode> {
+    /// `server_cpu`: the CPU the backend's servers are kept on, if any.
+    pub fn build(server_cpu: Option<usize>) -> Result<FizzNode> {
         let node = Node::new()?;
         let mut dp = node.datapath()?;
         let client = node.container(FIZZ_CLIENT)?;
+        let nat_client = node.container(FIZZ_NAT_CLIENT)?;
         let backend = node.container(FIZZ_BACKEND)?;
-        for c in [&client, &backend] {
+        for c in [&client, &nat_client, &backend] {
             node.attach(&mut dp, &c.host_if)?;
-            dp.set_endpoint(c.addr, c.endpoint())?;
+            // No namespace cookie: connect-time balancing does not know it.
+            let cookie = if c.addr == FIZZ_NAT_CLIENT { 0 } else { c.netns_cookie };
+            dp.set_endpoint(c.addr, Endpoint { netns_cookie: cookie, ..c.endpoint() })?;
         }
         many_connections(&client.ns)?;
+        many_connections(&nat_client.ns)?;
         for mode in Mode::ALL {
             dp.set_service(&service(FIZZ_VIP, mode.vip_port(), FIZZ_BACKEND, mode.backend_port()))?;
         }
-        let servers = super::servers::start(&backend.ns.path())?;
-        Ok(FizzNode { _servers: servers, dp, client, _backend: backend, node, extra: 0 })
+        let servers = super::servers::start(&backend.ns.path(), server_cpu)?;
+        Ok(FizzNode { _servers: servers, dp, client, nat_client, _backend: backend, node, extra: 0 })
     }
 
     pub fn name(&self) -> &str {
@@ -81,7 +93,7 @@ impl FizzNode {
     }
 
     /// Attaches `fz_floor`, the program that does nothing, in front of
-    /// `from_container` on both containers' veths (it passes every packet
+    /// `from_container` on every container's veth (it passes every packet
     /// on, so traffic takes the same path). Detached when the returned
     /// object is dropped.
     pub fn attach_floor(&self) -> Result<Floor> {
@@ -92,7 +104,7 @@ impl FizzNode {
             .context("no floor program in the object")?
             .try_into()
             .context("the floor program is no classifier")?;
-        for ifname in [&self.client.host_if, &self._backend.host_if] {
+        for ifname in [&self.client.host_if, &self.nat_client.host_if, &self._backend.host_if] {
             self.node
                 .ns
                 .run(|| prog.attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::first())))?
@@ -181,7 +193,8 @@ pub struct KernelNode {
 }
 
 impl KernelNode {
-    pub fn build() -> Result<KernelNode> {
+    /// `server_cpu`: as for `FizzNode::build` (the proxy is not kept on one).
+    pub fn build(server_cpu: Option<usize>) -> Result<KernelNode> {
         let node = Node::new()?;
         let client = node.container(KERNEL_CLIENT)?;
         let backend = node.container(KERNEL_BACKEND)?;
@@ -189,7 +202,7 @@ impl KernelNode {
         // The proxy's own connections to the backend come from the node.
         many_connections(&node.ns)?;
         node.ns.ip(&["addr", "add", &format!("{PROXY_ADDR}/32"), "dev", "lo"])?;
-        let servers = super::servers::start(&backend.ns.path())?;
+        let servers = super::servers::start(&backend.ns.path(), server_cpu)?;
         let proxy = proxy::start(&node.ns.path(), PROXY_ADDR, KERNEL_BACKEND)?;
         let kn = KernelNode { _proxy: proxy, _servers: servers, client, _backend: backend, node };
         kn.set_services(1)?;

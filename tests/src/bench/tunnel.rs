@@ -249,8 +249,8 @@ pub fn run(opts: &Options) -> Result<()> {
     let bare_mtu = mtu(&netns::named(&nodes[0].netns), &bare_device)?;
 
     let _servers = [
-        servers::start(&server_ns).context("the servers in node 2's replica")?,
-        servers::start(&netns::named(&nodes[1].netns)).context("the servers in node 2's namespace")?,
+        servers::start(&server_ns, None).context("the servers in node 2's replica")?,
+        servers::start(&netns::named(&nodes[1].netns), None).context("the servers in node 2's namespace")?,
     ];
     let mut bench = Bench {
         nodes_ns: [nodes[0].netns.clone(), nodes[1].netns.clone()],

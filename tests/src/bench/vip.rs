@@ -36,6 +36,10 @@ pub struct Options {
     /// (skips the rate comparisons and the scale runs; writes vip-cost.json).
     #[arg(long)]
     pub cost_only: bool,
+    /// Let the scheduler place the client and the backend's servers, rather
+    /// than keeping them on two CPUs of their own.
+    #[arg(long)]
+    pub no_pin: bool,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -47,6 +51,10 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 
 /// Services loaded in the scale runs.
 const SCALES: [usize; 4] = [1, 100, 1_000, 10_000];
+
+/// The scenarios of the scale runs, in measuring order.
+const SCALED: [Scenario; 5] =
+    [Scenario::Direct, Scenario::FizzVip, Scenario::FizzVipNat, Scenario::DirectKernel, Scenario::IptablesVip];
 
 /// Service counts at which the program's cost per packet is measured.
 const COST_AT: [usize; 2] = [1, 10_000];
@@ -64,8 +72,12 @@ enum Scenario {
     Direct,
     /// Kernel node: client to backend by address, forwarded by the kernel.
     DirectKernel,
-    /// Fizz node: client to the Fizz VIP.
+    /// Fizz node: client to the Fizz VIP, balanced at connect time (the
+    /// path of TCP from the node's own containers).
     FizzVip,
+    /// Fizz node: another client to the Fizz VIP, NAT'd packet by packet
+    /// (the path of UDP, and of clients on other nodes).
+    FizzVipNat,
     /// Kernel node: client to the iptables DNAT VIP.
     IptablesVip,
     /// Kernel node: client to the userspace proxy.
@@ -73,14 +85,26 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 5] =
-        [Scenario::Direct, Scenario::DirectKernel, Scenario::FizzVip, Scenario::IptablesVip, Scenario::Proxy];
+    /// In measuring order: each path right after the direct path it is
+    /// compared with, so that a ratio's two runs are close in time.
+    const ALL: [Scenario; 6] = [
+        Scenario::Direct,
+        Scenario::FizzVip,
+        Scenario::FizzVipNat,
+        Scenario::DirectKernel,
+        Scenario::IptablesVip,
+        Scenario::Proxy,
+    ];
+
+    /// The Fizz node's scenarios, whose program cost is measured.
+    const FIZZ: [Scenario; 3] = [Scenario::Direct, Scenario::FizzVip, Scenario::FizzVipNat];
 
     fn key(self) -> &'static str {
         match self {
             Scenario::Direct => "direct",
             Scenario::DirectKernel => "direct_kernel",
             Scenario::FizzVip => "fizz_vip",
+            Scenario::FizzVipNat => "fizz_vip_nat",
             Scenario::IptablesVip => "iptables_vip",
             Scenario::Proxy => "userspace_proxy",
         }
@@ -90,29 +114,62 @@ impl Scenario {
         match self {
             Scenario::Direct => "direct (fizz node)",
             Scenario::DirectKernel => "direct (kernel node)",
-            Scenario::FizzVip => "fizz VIP",
+            Scenario::FizzVip => "fizz VIP (at connect)",
+            Scenario::FizzVipNat => "fizz VIP (NAT per packet)",
             Scenario::IptablesVip => "iptables DNAT VIP",
             Scenario::Proxy => "userspace proxy",
         }
     }
 
     fn on_fizz_node(self) -> bool {
-        matches!(self, Scenario::Direct | Scenario::FizzVip)
+        matches!(self, Scenario::Direct | Scenario::FizzVip | Scenario::FizzVipNat)
     }
 
     /// The direct path of the same node, which ratios are taken against.
     fn direct(self) -> Option<Scenario> {
         match self {
             Scenario::Direct | Scenario::DirectKernel => None,
-            Scenario::FizzVip => Some(Scenario::Direct),
+            Scenario::FizzVip | Scenario::FizzVipNat => Some(Scenario::Direct),
             Scenario::IptablesVip | Scenario::Proxy => Some(Scenario::DirectKernel),
         }
+    }
+}
+
+/// The two CPUs a measurement's client and the backend's servers are kept
+/// on, the same in every scenario: where the scheduler puts two threads on a
+/// small host (both on one CPU, or one each) changes a stream's throughput
+/// by a third from one run to the next, and is not what is measured.
+#[derive(Clone, Copy, Debug)]
+struct Cpus {
+    client: usize,
+    server: usize,
+}
+
+impl Cpus {
+    /// The last two CPUs this process may run on (the first ones take more
+    /// of the host's interrupts), or none when it has fewer than two.
+    fn pick() -> Result<Option<Cpus>> {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set for the kernel to
+        // fill; CPU_ISSET reads inside it for every index below CPU_SETSIZE.
+        let allowed: Vec<usize> = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                bail!("reading this process's CPUs: {}", std::io::Error::last_os_error());
+            }
+            (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+        };
+        Ok(match allowed[..] {
+            [.., client, server] => Some(Cpus { client, server }),
+            _ => None,
+        })
     }
 }
 
 struct Bench {
     fizz: FizzNode,
     kernel: KernelNode,
+    /// Where the client runs (the servers were placed when they started).
+    cpus: Option<Cpus>,
     rounds: u32,
     dur: Duration,
     results: Results,
@@ -130,13 +187,20 @@ pub fn run(opts: &Options) -> Result<()> {
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
 
+    let cpus = if opts.no_pin { None } else { Cpus::pick()? };
+    match cpus {
+        Some(c) => eprintln!("clients run on CPU {}, the backends' servers on CPU {}", c.client, c.server),
+        None => eprintln!("clients and servers run where the scheduler puts them"),
+    }
     eprintln!("setting up: two nodes, each with a client and a backend container");
-    let fizz = FizzNode::build().context("setting up the Fizz node")?;
-    let kernel = KernelNode::build().context("setting up the kernel node")?;
+    let server_cpu = cpus.map(|c| c.server);
+    let fizz = FizzNode::build(server_cpu).context("setting up the Fizz node")?;
+    let kernel = KernelNode::build(server_cpu).context("setting up the kernel node")?;
     eprintln!("  fizz node {}, kernel node {}", fizz.name(), kernel.name());
     let mut bench = Bench {
         fizz,
         kernel,
+        cpus,
         rounds: opts.rounds,
         dur: Duration::from_secs_f64(opts.secs),
         results: Results::default(),
@@ -162,6 +226,7 @@ impl Bench {
             Scenario::Direct => (&self.fizz.client, SocketAddr::from((FIZZ_BACKEND, b))),
             Scenario::DirectKernel => (&self.kernel.client, SocketAddr::from((KERNEL_BACKEND, b))),
             Scenario::FizzVip => (&self.fizz.client, SocketAddr::from((FIZZ_VIP, v))),
+            Scenario::FizzVipNat => (&self.fizz.nat_client, SocketAddr::from((FIZZ_VIP, v))),
             Scenario::IptablesVip => (&self.kernel.client, SocketAddr::from((IPTABLES_VIP, v))),
             Scenario::Proxy => (&self.kernel.client, SocketAddr::from((PROXY_ADDR, v))),
         }
@@ -177,7 +242,13 @@ impl Bench {
             self.fizz.flush_conntrack()?;
         }
         let (client, addr) = self.target(s, mode);
-        let outcome = client.ns.run(move || load::measure(mode, addr, dur))??;
+        let client_cpu = self.cpus.map(|c| c.client);
+        let outcome = client.ns.run(move || {
+            if let Some(cpu) = client_cpu {
+                fizz_tests::pin_to_cpu(cpu)?;
+            }
+            load::measure(mode, addr, dur)
+        })??;
         if outcome.errors > 0 {
             *self.errors.entry(series.to_string()).or_default() += outcome.errors;
         }
@@ -238,7 +309,7 @@ impl Bench {
             self.kernel.set_services(n)?;
             for r in 1..=self.rounds {
                 eprintln!("scale {n}, round {r}/{}", self.rounds);
-                for s in [Scenario::Direct, Scenario::FizzVip, Scenario::DirectKernel, Scenario::IptablesVip] {
+                for s in SCALED {
                     self.record(&format!("scale/{n}/{}", s.key()), s, Mode::Conn)?;
                 }
             }
@@ -286,7 +357,7 @@ impl Bench {
     fn program_cost_round(&mut self, floor: Option<&Floor>, n: usize, idle: Idle) -> Result<()> {
         let read_floor = |f: Option<&Floor>| f.map(Floor::stats).transpose();
         for mode in Mode::ALL {
-            for s in [Scenario::Direct, Scenario::FizzVip] {
+            for s in Scenario::FIZZ {
                 let what = if floor.is_some() { Cost::Program } else { Cost::Alone };
                 let series = cost_key(what, n, mode, s, idle);
                 let before = self.fizz.program_stats()?;
@@ -334,41 +405,52 @@ impl Bench {
         }
 
         let mut scale_lines = Vec::new();
-        let mut points = Vec::new();
         for n in SCALES {
             let key = |s: Scenario| format!("scale/{n}/{}", s.key());
-            for s in [Scenario::Direct, Scenario::FizzVip, Scenario::DirectKernel, Scenario::IptablesVip] {
+            for s in SCALED {
                 let label = format!("{}, {}", s.label(), services(n));
                 scale_lines.extend(self.line(&key(s), &key(s), s.direct().map(key), label, Mode::Conn.label()));
             }
-            let ratio = |s: Scenario| {
-                self.results.entry(&key(s), s.direct().map(key).as_deref()).and_then(|e| e.ratio_to_direct)
-            };
-            if let (Some(fizz), Some(iptables)) = (ratio(Scenario::FizzVip), ratio(Scenario::IptablesVip)) {
-                points.push(plot::ScalePoint { services: n, fizz, iptables });
-            }
         }
-        for (name, pick) in [("fizz_vip", 0), ("iptables_vip", 1)] {
-            let ratios: Vec<f64> = points.iter().map(|p| if pick == 0 { p.fizz } else { p.iptables }).collect();
+        // A path's connection-rate ratio at each service count, when every
+        // count has one.
+        let scale_ratios = |s: Scenario| -> Option<Vec<f64>> {
+            SCALES
+                .iter()
+                .map(|n| {
+                    let key = |s: Scenario| format!("scale/{n}/{}", s.key());
+                    self.results.entry(&key(s), s.direct().map(key).as_deref()).and_then(|e| e.ratio_to_direct)
+                })
+                .collect()
+        };
+        for s in [Scenario::FizzVip, Scenario::FizzVipNat, Scenario::IptablesVip] {
+            let Some(ratios) = scale_ratios(s) else { continue };
             let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-            if ratios.len() == SCALES.len() && min > 0.0 {
-                let label = if pick == 0 { "fizz VIP" } else { "iptables DNAT VIP" };
+            if min > 0.0 {
                 scale_lines.push(Line {
-                    key: format!("scale/flatness/{name}"),
-                    scenario: format!("{label}, flatness over 1-10,000 services"),
+                    key: format!("scale/flatness/{}", s.key()),
+                    scenario: format!("{}, flatness over 1-10,000 services", s.label()),
                     metric: "max/min of ratio".into(),
                     entry: Entry::single(max / min, "x"),
                 });
             }
         }
+        let points: Vec<plot::ScalePoint> = match (scale_ratios(Scenario::FizzVipNat), scale_ratios(Scenario::IptablesVip)) {
+            (Some(fizz), Some(iptables)) => SCALES
+                .iter()
+                .zip(fizz.iter().zip(&iptables))
+                .map(|(&services, (&fizz, &iptables))| plot::ScalePoint { services, fizz, iptables })
+                .collect(),
+            _ => Vec::new(),
+        };
         sections.push(scale_lines);
 
         for idle in [Idle::Allowed, Idle::Kept] {
             let mut cost = Vec::new();
             for n in COST_AT {
                 for mode in Mode::ALL {
-                    for s in [Scenario::Direct, Scenario::FizzVip] {
+                    for s in Scenario::FIZZ {
                         for what in [Cost::Alone, Cost::Program, Cost::Floor, Cost::AboveFloor] {
                             let key = cost_key(what, n, mode, s, idle);
                             let label = format!("{}, {}, {}, {}", what.label(), s.label(), services(n), idle.label());
@@ -392,6 +474,14 @@ impl Bench {
         println!();
         print!("{}", report::table(&sections));
         println!();
+        match self.cpus {
+            Some(c) => println!(
+                "Placement: every client ran on CPU {}, the backends' servers on CPU {} (the userspace proxy where \
+                 the scheduler put it); --no-pin leaves both to the scheduler.",
+                c.client, c.server
+            ),
+            None => println!("Placement: clients and servers ran where the scheduler put them."),
+        }
         println!(
             "iptables: the measured rule is the LAST of the nat PREROUTING chain (worst case), behind N-1 DNAT rules \
              for other VIPs; its first rule sends traffic outside {VIP_RANGE} past them, so the kernel node's direct \
@@ -434,7 +524,7 @@ impl Bench {
         let json = out_dir.join(format!("{name}.json"));
         report::write_json(&json, &lines)?;
         println!("\nwrote {}", display(&json));
-        let bars: Vec<plot::Bars> = [Scenario::FizzVip, Scenario::IptablesVip, Scenario::Proxy]
+        let bars: Vec<plot::Bars> = [Scenario::FizzVip, Scenario::FizzVipNat, Scenario::IptablesVip, Scenario::Proxy]
             .into_iter()
             .map(|s| plot::Bars {
                 label: s.label().to_string(),
