@@ -12,8 +12,9 @@ use fizz_common::{
 };
 
 use crate::{
+    checksum,
     maps::{count, local_endpoint, mark_nat_client, may_be_nat_client, BACKENDS, BACKEND_STATS, CONNTRACK, RR, SERVICES, VIPS},
-    packet::{self, Ipv4, IP_CSUM, IP_DST, IP_SRC, L4_DPORT, L4_SPORT, TCP_CSUM, UDP_CSUM},
+    packet::{self, Ipv4, IPV4_MIN_LEN, IP_CSUM, IP_DST, IP_SRC, IP_TTL, L4_DPORT, L4_SPORT, TCP_CSUM, UDP_CSUM},
 };
 
 /// How often a conntrack entry's `last_seen_ns` is refreshed at most.
@@ -245,16 +246,7 @@ pub fn networks_meet(a: u64, b: u64) -> bool {
 /// Rewrites only the destination (`dst == true`) or source address.
 #[inline(always)]
 fn rewrite_addr(ctx: &TcContext, ip: &Ipv4, dst: bool, old_be: u32, new_be: u32) -> Result<(), u32> {
-    let (csum_off, mangled) = if ip.proto == IPPROTO_TCP {
-        (ip.l4_off + TCP_CSUM, 0)
-    } else {
-        (ip.l4_off + UDP_CSUM, u64::from(BPF_F_MARK_MANGLED_0))
-    };
-    let fail = |_| drop_reason::REWRITE_FAILED;
-    ctx.l4_csum_replace(csum_off, u64::from(old_be), u64::from(new_be), u64::from(BPF_F_PSEUDO_HDR) | mangled | 4)
-        .map_err(fail)?;
-    ctx.l3_csum_replace(ip.ip_off + IP_CSUM, u64::from(old_be), u64::from(new_be), 4).map_err(fail)?;
-    packet::store(ctx, ip.ip_off + if dst { IP_DST } else { IP_SRC }, &new_be)
+    rewrite(ctx, ip, dst, old_be, 0, new_be, 0)
 }
 
 /// A new TCP connection (a SYN) reuses the ports of an older flow: entries
@@ -335,6 +327,14 @@ pub fn next_slot(svc_id: u32, count: u32) -> u32 {
 
 /// Rewrites the destination (`dst == true`) or source address and port from
 /// `old` to `new`, fixing the IP and transport checksums incrementally.
+///
+/// The transport checksum goes through the kernel's helpers, which know the
+/// packet's checksum state (a checksum the device is to finish covers the
+/// pseudo-header only, so a port change must leave it alone). The IP
+/// header's checksum covers the header alone and is updated here; the
+/// checksum, both addresses and, when the header has no options, the ports
+/// behind them are then written back with one store: three helper calls
+/// per packet where a call per field made five.
 #[inline(always)]
 fn rewrite(
     ctx: &TcContext,
@@ -345,14 +345,17 @@ fn rewrite(
     new_addr_be: u32,
     new_port_be: u16,
 ) -> Result<(), u32> {
-    let (addr_off, port_off) = if dst { (IP_DST, L4_DPORT) } else { (IP_SRC, L4_SPORT) };
+    let (new_addr, new_port) = (old_addr_be != new_addr_be, old_port_be != new_port_be);
+    if !new_addr && !new_port {
+        return Ok(());
+    }
     let (csum_off, mangled) = if ip.proto == IPPROTO_TCP {
         (ip.l4_off + TCP_CSUM, 0)
     } else {
         (ip.l4_off + UDP_CSUM, u64::from(BPF_F_MARK_MANGLED_0))
     };
     let fail = |_| drop_reason::REWRITE_FAILED;
-    if old_addr_be != new_addr_be {
+    if new_addr {
         ctx.l4_csum_replace(
             csum_off,
             u64::from(old_addr_be),
@@ -360,14 +363,50 @@ fn rewrite(
             u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
         )
         .map_err(fail)?;
-        ctx.l3_csum_replace(ip.ip_off + IP_CSUM, u64::from(old_addr_be), u64::from(new_addr_be), 4)
-            .map_err(fail)?;
-        packet::store(ctx, ip.ip_off + addr_off, &new_addr_be)?;
     }
-    if old_port_be != new_port_be {
+    if new_port {
         ctx.l4_csum_replace(csum_off, u64::from(old_port_be), u64::from(new_port_be), mangled | 2)
             .map_err(fail)?;
-        packet::store(ctx, ip.l4_off + port_off, &new_port_be)?;
+    }
+    // The span is read and written as 32-bit words: TTL, protocol and
+    // checksum; the source address; the destination address; and, when the
+    // header has no options, the two ports.
+    const _: () = assert!(
+        IP_CSUM == IP_TTL + 2 && IP_SRC == IP_TTL + 4 && IP_DST == IP_TTL + 8 && IPV4_MIN_LEN == IP_TTL + 12
+    );
+    let span = ip.ip_off + IP_TTL;
+    let addr = if dst { 2 } else { 1 };
+    if ip.l4_off == ip.ip_off + IPV4_MIN_LEN {
+        let mut w: [u32; 4] = packet::load(ctx, span)?;
+        if new_addr {
+            set_addr(&mut w, addr, new_addr_be);
+        }
+        if new_port {
+            let [s0, s1, d0, d1] = w[3].to_ne_bytes();
+            let [p0, p1] = new_port_be.to_ne_bytes();
+            w[3] = u32::from_ne_bytes(if dst { [s0, s1, p0, p1] } else { [p0, p1, d0, d1] });
+        }
+        return packet::store(ctx, span, &w);
+    }
+    // IP options lie between the addresses and the ports.
+    if new_addr {
+        let mut w: [u32; 3] = packet::load(ctx, span)?;
+        set_addr(&mut w, addr, new_addr_be);
+        packet::store(ctx, span, &w)?;
+    }
+    if new_port {
+        packet::store(ctx, ip.l4_off + if dst { L4_DPORT } else { L4_SPORT }, &new_port_be)?;
     }
     Ok(())
+}
+
+/// Writes `new_be` over the address in word `at` (1: source, 2:
+/// destination) of a span that starts at the IP header's TTL, and updates
+/// the header checksum in word 0 for it.
+#[inline(always)]
+fn set_addr<const N: usize>(w: &mut [u32; N], at: usize, new_be: u32) {
+    let [ttl, proto, c0, c1] = w[0].to_ne_bytes();
+    let [c0, c1] = checksum::replace4(u16::from_ne_bytes([c0, c1]), w[at], new_be).to_ne_bytes();
+    w[0] = u32::from_ne_bytes([ttl, proto, c0, c1]);
+    w[at] = new_be;
 }

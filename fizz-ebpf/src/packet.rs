@@ -14,7 +14,10 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const IP_OFF: usize = ETH_LEN;
 /// Offset of the IPv4 header on a layer-3 device (the WireGuard TUN).
 pub const IP_OFF_L3: usize = 0;
+/// Length of an IPv4 header without options.
+pub const IPV4_MIN_LEN: usize = 20;
 /// Offsets inside the IPv4 header.
+pub const IP_TTL: usize = 8;
 pub const IP_CSUM: usize = 10;
 pub const IP_SRC: usize = 12;
 pub const IP_DST: usize = 16;
@@ -173,7 +176,7 @@ pub fn parse_ipv4_at(ctx: &TcContext, ip_off: usize) -> Result<Ipv4, u32> {
         return Err(drop_reason::BAD_IP_HEADER);
     }
     let ihl = usize::from(hdr.ver_ihl & 0x0f) * 4;
-    if ihl < 20 {
+    if ihl < IPV4_MIN_LEN {
         return Err(drop_reason::BAD_IP_HEADER);
     }
     let tot_len = usize::from(u16::from_be(hdr.tot_len_be));
