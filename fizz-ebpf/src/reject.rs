@@ -15,10 +15,9 @@ use fizz_common::{drop_reason, verdict, IPPROTO_TCP};
 use crate::{
     checksum,
     nat::Flow,
-    packet::{self, Ipv4, ETH_LEN, IP_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    packet::{self, Ipv4, ETH_LEN, IPV4_MIN_LEN as IP_HDR, IP_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
-const IP_HDR: usize = 20;
 const TCP_HDR: usize = 20;
 const ICMP_HDR: usize = 8;
 /// What an ICMP error quotes: the offending IP header and 8 bytes after it.

@@ -73,11 +73,12 @@ impl FizzNode {
         let client = node.container(FIZZ_CLIENT)?;
         let nat_client = node.container(FIZZ_NAT_CLIENT)?;
         let backend = node.container(FIZZ_BACKEND)?;
-        for c in [&client, &nat_client, &backend] {
+        // The NAT client's endpoint has no namespace cookie: connect-time
+        // balancing does not know it.
+        let nat_endpoint = Endpoint { netns_cookie: 0, ..nat_client.endpoint() };
+        for (c, ep) in [(&client, client.endpoint()), (&nat_client, nat_endpoint), (&backend, backend.endpoint())] {
             node.attach(&mut dp, &c.host_if)?;
-            // No namespace cookie: connect-time balancing does not know it.
-            let cookie = if c.addr == FIZZ_NAT_CLIENT { 0 } else { c.netns_cookie };
-            dp.set_endpoint(c.addr, Endpoint { netns_cookie: cookie, ..c.endpoint() })?;
+            dp.set_endpoint(c.addr, ep)?;
         }
         many_connections(&client.ns)?;
         many_connections(&nat_client.ns)?;

@@ -149,15 +149,7 @@ impl Cpus {
     /// The last two CPUs this process may run on (the first ones take more
     /// of the host's interrupts), or none when it has fewer than two.
     fn pick() -> Result<Option<Cpus>> {
-        // SAFETY: a zeroed cpu_set_t is a valid empty set for the kernel to
-        // fill; CPU_ISSET reads inside it for every index below CPU_SETSIZE.
-        let allowed: Vec<usize> = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-                bail!("reading this process's CPUs: {}", std::io::Error::last_os_error());
-            }
-            (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
-        };
+        let allowed = fizz_tests::allowed_cpus()?;
         Ok(match allowed[..] {
             [.., client, server] => Some(Cpus { client, server }),
             _ => None,
