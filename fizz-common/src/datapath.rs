@@ -69,6 +69,20 @@ pub mod map_names {
     ///   here). Packets to an address whose flag is zero, outside the VIP
     ///   range, skip the conntrack lookup.
     pub const LOCAL_SLOTS: &str = "FZ_LOCAL_SLOTS";
+    /// Array of `FlowCacheSlot` (memory-mappable, one cache line each):
+    /// `FLOW_CACHE_SLOTS` for each possible CPU, at
+    /// `cpu * FLOW_CACHE_SLOTS + flow_slot(key)`; sized by the loader. Each CPU's copy of what
+    /// conntrack says about the flows whose packets it rewrote lately, so
+    /// that an established flow's packet reads one line of its own instead
+    /// of hashing into conntrack. Only the CPU that owns a region writes it.
+    pub const FLOW_CACHE: &str = "FZ_FLOW_CACHE";
+    /// Array of `FLOW_CACHE_SLOTS` `u64` (memory-mappable): the epoch of
+    /// each flow-cache slot, shared by all CPUs. Whoever changes a flow in
+    /// conntrack (the programs starting or forgetting one, the agent
+    /// purging or expiring one) adds 1 to the epoch of its key's slot
+    /// afterwards, atomically; a cached copy filed under an older epoch is
+    /// not used.
+    pub const FLOW_EPOCHS: &str = "FZ_FLOW_EPOCHS";
 }
 
 /// Name of the TC program attached at ingress of the host end of each
@@ -368,6 +382,51 @@ pub struct LocalSlot {
 }
 assert_size!(LocalSlot, 64);
 
+/// Slots of each CPU's region of `FLOW_CACHE`, and of `FLOW_EPOCHS`.
+pub const FLOW_CACHE_SLOTS: u32 = 1 << FLOW_CACHE_BITS;
+const FLOW_CACHE_BITS: u32 = 11;
+
+/// How long a copy in the flow cache is trusted, in jiffies: 64 ms at
+/// HZ=1000, 256 ms at 250. A flow's conntrack entry is then read (and its
+/// age refreshed) again by the next packet.
+pub const FLOW_CACHE_JIFFIES: u64 = 64;
+
+/// Value of `FZ_FLOW_CACHE`: one CPU's copy of a conntrack entry, as far as
+/// rewriting a packet needs it, and when the copy stops counting. A slot
+/// holds one key at a time (direct-mapped); a zeroed slot is never valid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowCacheSlot {
+    pub key: CtKey,
+    /// As in `CtValue`.
+    pub nat_addr_be: u32,
+    pub nat_port_be: u16,
+    pub kind: u8,
+    pub _pad: u8,
+    pub backend_id: u32,
+    pub _pad2: u32,
+    /// The slot's epoch in `FLOW_EPOCHS` when it was read, before the
+    /// conntrack lookup the copy was made from.
+    pub epoch: u64,
+    /// `jiffies` from which the copy is no longer used.
+    pub until_jiffies: u64,
+    pub _tail: [u8; 16],
+}
+assert_size!(FlowCacheSlot, 64);
+
+/// The flow-cache slot of a conntrack key: a hash of the whole tuple (two
+/// multiply-xorshift rounds, so that keys differing only in a port spread
+/// evenly; the two directions of a flow land apart).
+#[inline(always)]
+pub fn flow_slot(key: &CtKey) -> u32 {
+    let addrs = (u64::from(key.src_be) << 32) | u64::from(key.dst_be);
+    let rest = (u64::from(key.sport_be) << 24) | (u64::from(key.dport_be) << 8) | u64::from(key.proto);
+    let mut h = (addrs ^ rest.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^= h >> 29;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    (h >> (64 - FLOW_CACHE_BITS)) as u32
+}
+
 /// Value of `FZ_SOCK_CLIENTS`: a container whose sockets are balanced at
 /// connect time.
 #[repr(C)]
@@ -549,6 +608,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for CtValue {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for FlowCacheSlot {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for EndpointKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Endpoint {}
@@ -586,6 +647,30 @@ mod tests {
         assert_eq!(k, by_field);
         let r = k.reversed();
         assert_eq!((r.src_be, r.dst_be, r.sport_be, r.dport_be, r.proto, r._pad), (k.dst_be, k.src_be, 0xabcd, 0x1234, IPPROTO_UDP, [0; 3]));
+    }
+
+    /// One client's connections to one VIP differ only in the source port:
+    /// they must spread over the cache, and a flow's two directions should
+    /// share a slot no more often than chance has it (1 in 2,048).
+    #[test]
+    fn flow_slots_spread_one_clients_ports_and_part_a_flows_directions() {
+        let (client, vip, backend) = (0x0a2a_0002u32.to_be(), 0x0a2b_000au32.to_be(), 0x0a2a_0005u32.to_be());
+        let mut used = [0u8; FLOW_CACHE_SLOTS as usize];
+        let mut shared = 0;
+        for port in 40_000u16..41_024 {
+            let fwd = CtKey::new(client, vip, port.to_be(), 80u16.to_be(), IPPROTO_TCP);
+            let rev = CtKey::new(backend, client, 8080u16.to_be(), port.to_be(), IPPROTO_TCP);
+            let (f, r) = (flow_slot(&fwd), flow_slot(&rev));
+            assert!(f < FLOW_CACHE_SLOTS && r < FLOW_CACHE_SLOTS);
+            shared += usize::from(f == r);
+            used[f as usize] = used[f as usize].saturating_add(1);
+        }
+        // 1,024 keys over 2,048 slots: about 800 distinct slots if the hash
+        // is uniform; a weak one (ports in the low bits only) gives far fewer.
+        assert!(shared <= 4, "{shared} of 1,024 flows have both directions in one slot");
+        let distinct = used.iter().filter(|&&n| n > 0).count();
+        assert!(distinct > 700, "1,024 ports took {distinct} slots");
+        assert!(used.iter().all(|&n| n <= 6), "a slot took {} ports", used.iter().max().unwrap());
     }
 
     #[test]

@@ -21,6 +21,7 @@
 
 mod checksum;
 mod floor;
+mod flow_cache;
 mod from_container;
 mod from_wireguard;
 mod maps;

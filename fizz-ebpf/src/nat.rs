@@ -13,6 +13,7 @@ use fizz_common::{
 
 use crate::{
     checksum,
+    flow_cache::{self, Nat, Slot},
     maps::{count, local_endpoint, mark_nat_client, may_be_nat_client, BACKENDS, BACKEND_STATS, CONNTRACK, RR, SERVICES, VIPS},
     packet::{self, Ipv4, IPV4_MIN_LEN, IP_CSUM, IP_DST, IP_SRC, IP_TTL, L4_DPORT, L4_SPORT, TCP_CSUM, UDP_CSUM},
 };
@@ -57,7 +58,10 @@ pub enum Outcome {
 /// destination is in the VIP range). Conntrack is looked up only where an
 /// entry can be: towards a VIP, or towards the client of a flow NAT'd here
 /// (`dst_marked`: the flag in the destination's slot, which the caller has
-/// read with its endpoint); any other packet is left alone.
+/// read with its endpoint); any other packet is left alone. A packet that
+/// changes no TCP state is rewritten from this CPU's flow cache when it
+/// holds the flow (see `flow_cache`); conntrack is read otherwise, and the
+/// cache filled from it.
 ///
 /// Only these checks are inlined into the entry points: the work behind them
 /// (`forget_stale`, `follow`, `start_flow`) is out of line, in BPF
@@ -73,8 +77,21 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, flow: &Flow, to_vip: bool, dst_mark
     if !to_vip && !dst_marked {
         return Ok(Outcome::NotService);
     }
+    // Packets that change the flow's state go to conntrack, and leave the
+    // cache alone.
+    let stateful = flow.tcp_flags & (packet::TCP_SYN | packet::TCP_FIN | packet::TCP_RST) != 0;
+    let slot = if stateful { Slot::none() } else { Slot::of(&flow.key) };
+    if let Some(nat) = slot.get(&flow.key) {
+        return unpack(follow_out_of_line(ctx, ip, flow, &nat));
+    }
     if let Some(ct) = CONNTRACK.get_ptr_mut(&flow.key) {
-        return unpack(follow_out_of_line(ctx, ip, flow, ct));
+        // SAFETY: the pointer comes from a successful lookup; the value is
+        // plain data and a racing update can at worst lose a flag bit.
+        let ct = unsafe { &mut *ct };
+        touch(ct, flow.tcp_flags);
+        let nat = Nat::of(ct);
+        slot.fill(&flow.key, &nat);
+        return unpack(follow_out_of_line(ctx, ip, flow, &nat));
     }
     if !to_vip {
         return Ok(Outcome::NotService);
@@ -108,8 +125,8 @@ fn unpack(v: u64) -> Result<Outcome, u32> {
 }
 
 #[inline(never)]
-fn follow_out_of_line(ctx: &TcContext, ip: &Ipv4, flow: &Flow, ct: *mut CtValue) -> u64 {
-    pack(follow(ctx, ip, flow, ct))
+fn follow_out_of_line(ctx: &TcContext, ip: &Ipv4, flow: &Flow, nat: &Nat) -> u64 {
+    pack(follow(ctx, ip, flow, nat))
 }
 
 #[inline(never)]
@@ -117,26 +134,22 @@ fn start_flow_out_of_line(ctx: &TcContext, ip: &Ipv4, flow: &Flow) -> u64 {
     pack(start_flow(ctx, ip, flow))
 }
 
-/// Rewrites a packet of a flow in conntrack (`ct`, its entry) and counts it
-/// for the flow's backend.
+/// Rewrites a packet of a flow in conntrack (`nat`, from its entry or a
+/// cached copy) and counts it for the flow's backend.
 #[inline(always)]
-fn follow(ctx: &TcContext, ip: &Ipv4, flow: &Flow, ct: *mut CtValue) -> Result<Outcome, u32> {
-    // SAFETY: the pointer comes from a successful lookup; the value is
-    // plain data and a racing update can at worst lose a flag bit.
-    let ct = unsafe { &mut *ct };
-    touch(ct, flow.tcp_flags);
-    count(&BACKEND_STATS, ct.backend_id, ctx.len());
-    let hairpin = ct.kind & CT_HAIRPIN != 0;
-    let kind = ct.kind & !CT_HAIRPIN;
+fn follow(ctx: &TcContext, ip: &Ipv4, flow: &Flow, nat: &Nat) -> Result<Outcome, u32> {
+    count(&BACKEND_STATS, nat.backend_id, ctx.len());
+    let hairpin = nat.kind & CT_HAIRPIN != 0;
+    let kind = nat.kind & !CT_HAIRPIN;
     if kind == CT_FORWARD {
-        rewrite(ctx, ip, true, flow.key.dst_be, flow.key.dport_be, ct.nat_addr_be, ct.nat_port_be)?;
+        rewrite(ctx, ip, true, flow.key.dst_be, flow.key.dport_be, nat.addr_be, nat.port_be)?;
         if hairpin {
             // The client is its own backend: it must see the VIP as the peer.
             rewrite_addr(ctx, ip, false, flow.key.src_be, flow.key.dst_be)?;
         }
-        Ok(Outcome::Translated { dst_be: ct.nat_addr_be })
+        Ok(Outcome::Translated { dst_be: nat.addr_be })
     } else if kind == CT_REPLY {
-        rewrite(ctx, ip, false, flow.key.src_be, flow.key.sport_be, ct.nat_addr_be, ct.nat_port_be)?;
+        rewrite(ctx, ip, false, flow.key.src_be, flow.key.sport_be, nat.addr_be, nat.port_be)?;
         if hairpin {
             rewrite_addr(ctx, ip, true, flow.key.dst_be, flow.key.src_be)?;
             return Ok(Outcome::Translated { dst_be: flow.key.src_be });
@@ -211,10 +224,13 @@ fn start_flow(ctx: &TcContext, ip: &Ipv4, flow: &Flow) -> Result<Outcome, u32> {
     // find a half-made flow, nor be let past unlooked-up.
     mark_nat_client(flow.key.src_be);
     CONNTRACK.insert(&rev_key, &rev, 0).map_err(|_| drop_reason::CT_FULL)?;
+    flow_cache::forget(&rev_key);
     if CONNTRACK.insert(&flow.key, &fwd, 0).is_err() {
         let _ = CONNTRACK.remove(&rev_key);
+        flow_cache::forget(&rev_key);
         return Err(drop_reason::CT_FULL);
     }
+    flow_cache::forget(&flow.key);
     count(&BACKEND_STATS, backend.id, len);
     rewrite(ctx, ip, true, flow.key.dst_be, flow.key.dport_be, backend.addr_be, backend.port_be)?;
     if hairpin {
@@ -262,8 +278,11 @@ fn forget_stale(key: &CtKey, to_vip: bool, marked_src: bool) {
             // SAFETY: the pointer comes from a successful lookup and is only read.
             let ct = unsafe { *ct };
             if ct.kind & !CT_HAIRPIN == CT_FORWARD && ct.flags & (CT_FLAG_FIN | CT_FLAG_RST) != 0 {
-                let _ = CONNTRACK.remove(&key.peer(&ct));
+                let peer = key.peer(&ct);
+                let _ = CONNTRACK.remove(&peer);
                 let _ = CONNTRACK.remove(key);
+                flow_cache::forget(&peer);
+                flow_cache::forget(key);
             }
         }
     }
@@ -273,6 +292,7 @@ fn forget_stale(key: &CtKey, to_vip: bool, marked_src: bool) {
             // SAFETY: as above.
             if unsafe { (*ct).kind } & !CT_HAIRPIN == CT_REPLY {
                 let _ = CONNTRACK.remove(&reverse);
+                flow_cache::forget(&reverse);
             }
         }
     }

@@ -8,7 +8,7 @@ use fizz::net::{
     service::{BackendAddr, Frontend, Proto, ServiceSpec},
     Datapath,
 };
-use fizz_common::{drop_reason, Endpoint};
+use fizz_common::{drop_reason, CtKey, Endpoint, CT_FLAG_FIN, IPPROTO_TCP};
 use fizz_tests::{
     packet::{parse, Frame, ICMP, TCP, UDP},
     pin_root, require_root, unique, PinDir,
@@ -309,6 +309,90 @@ fn a_direct_connection_reusing_a_closed_vip_flows_ports_is_not_rewritten() {
     synack.tcp_flags = 0x12;
     let p = parse(&run(&f, &synack.build()).data).unwrap();
     assert_eq!((p.src, p.sport), (VIP, 80));
+}
+
+/// The conntrack key of a TCP flow from `src` to `dst`.
+fn tcp_key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> CtKey {
+    CtKey::new(u32::from(src.0).to_be(), u32::from(dst.0).to_be(), src.1.to_be(), dst.1.to_be(), IPPROTO_TCP)
+}
+
+/// A TCP segment from `src` to `dst` with these flags.
+fn segment(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), tcp_flags: u8) -> Vec<u8> {
+    let mut f = Frame::tcp(src.0, src.1, dst.0, dst.1);
+    f.tcp_flags = tcp_flags;
+    f.build()
+}
+
+/// Copies in the flow cache are per CPU: this thread's test runs stay on one.
+fn stay_on_one_cpu() {
+    let cpu = *fizz_tests::allowed_cpus().unwrap().first().expect("a CPU to run on");
+    fizz_tests::pin_to_cpu(cpu).unwrap();
+}
+
+/// An established flow's packets are rewritten from the CPU's flow cache.
+/// While the copy is good a packet does not read conntrack: an entry
+/// removed behind the agent's back stays gone. A FIN still goes to
+/// conntrack; the agent forgetting the flow, or the copy's age, sends the
+/// next packet back to conntrack.
+#[test]
+fn established_packets_are_rewritten_from_the_flow_cache_until_the_flow_changes_or_the_copy_ages() {
+    require_root!();
+    stay_on_one_cpu();
+    let f = fixture();
+    let mut maps = fizz::net::ebpf::maps::Maps::open(&fizz::net::ebpf::maps_dir(f.dp.pin_dir())).unwrap();
+    let (client, vip) = ((CLIENT, 40060), (VIP, 80));
+    let key = tcp_key(client, vip);
+    let ack = segment(client, vip, 0x10);
+    let to_backend = |frame: &[u8]| {
+        let p = parse(&run(&f, frame).data).unwrap();
+        (p.dst, p.dport) == (BACKEND, 8080) && p.ip_csum_ok && p.l4_csum_ok
+    };
+    assert!(to_backend(&segment(client, vip, 0x02)), "the SYN starts the flow");
+    assert!(to_backend(&ack), "the first ACK reads conntrack, and files a copy");
+
+    maps.conntrack.remove(&key).unwrap();
+    assert!(to_backend(&ack), "rewritten from the copy");
+    assert_eq!(maps.conntrack.get(&key).unwrap(), None, "conntrack not read: a miss would have started the flow again");
+
+    maps.flow_epochs.forget(&key);
+    assert!(to_backend(&ack));
+    assert!(maps.conntrack.get(&key).unwrap().is_some(), "forgotten: conntrack read again (the flow started again)");
+    assert!(to_backend(&ack), "the new entries changed the epochs: conntrack read, a copy filed again");
+
+    assert!(to_backend(&segment(client, vip, 0x11)));
+    let ct = maps.conntrack.get(&key).unwrap().expect("tracked");
+    assert_ne!(ct.flags & CT_FLAG_FIN, 0, "a FIN is recorded in conntrack, not served from the copy");
+
+    maps.conntrack.remove(&key).unwrap();
+    // Past `FLOW_CACHE_JIFFIES` at any HZ of 100 or more.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(to_backend(&ack));
+    assert!(maps.conntrack.get(&key).unwrap().is_some(), "an aged copy is not used: conntrack read again");
+}
+
+/// A backend taken out of a service loses its flows at once: the agent's
+/// purge also stops the CPUs' cached copies of them.
+#[test]
+fn a_removed_backends_flows_are_not_served_from_the_flow_cache() {
+    require_root!();
+    stay_on_one_cpu();
+    let mut f = fixture();
+    let other = Ipv4Addr::new(10, 42, 0, 6);
+    let svc = |backends: &[Ipv4Addr]| ServiceSpec {
+        frontend: Frontend { vip: VIP, port: 81, proto: Proto::Tcp },
+        backends: backends.iter().map(|&addr| BackendAddr { addr, port: 8081 }).collect(),
+    };
+    f.dp.set_service(&svc(&[BACKEND, other])).unwrap();
+    let (client, vip) = ((CLIENT, 40070), (VIP, 81));
+    let ack = segment(client, vip, 0x10);
+    let dst = |f: &Fixture, frame: &[u8]| parse(&run(f, frame).data).unwrap().dst;
+    let first = dst(&f, &segment(client, vip, 0x02));
+    assert_eq!(dst(&f, &ack), first, "the ACK reads conntrack, and files a copy");
+    assert_eq!(dst(&f, &ack), first, "and the next is served from it");
+
+    let kept = if first == BACKEND { other } else { BACKEND };
+    f.dp.set_service(&svc(&[kept])).unwrap();
+    assert_eq!(dst(&f, &ack), kept, "the flow's copy went with its conntrack entries");
 }
 
 #[test]

@@ -178,46 +178,17 @@ impl ConfigMap {
 ///   flows is left in the slot, and sets those of the flows in conntrack when
 ///   the datapath opens.
 pub struct LocalSlots {
-    /// `ADDR_SLOTS` slots, shared with the kernel.
-    base: std::ptr::NonNull<LocalSlot>,
-    len: usize,
+    /// `ADDR_SLOTS` slots.
+    slots: Mapping<LocalSlot>,
 }
-
-// SAFETY: the mapping is plain shared memory, valid until `drop`; every access
-// goes through volatile reads and writes.
-unsafe impl Send for LocalSlots {}
-// SAFETY: as above; `&self` methods only read.
-unsafe impl Sync for LocalSlots {}
 
 impl LocalSlots {
     fn open(dir: &Path) -> Result<Self, Error> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        let name = map_names::LOCAL_SLOTS;
-        let path = dir.join(name);
-        let data = MapData::from_pin(&path).map_err(|source| Error::OpenMap { path: path.clone(), source })?;
-        let len = std::mem::size_of::<LocalSlot>() * fizz_common::ADDR_SLOTS as usize;
-        // SAFETY: a shared read-write mapping of the array's memory, which the
-        // kernel keeps (the mapping holds the map) until `munmap` in `drop`.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(Error::Io { what: format!("mapping {}", path.display()), source: std::io::Error::last_os_error() });
-        }
-        let base = std::ptr::NonNull::new(p.cast::<LocalSlot>()).expect("mmap returned a non-null address");
-        Ok(LocalSlots { base, len })
+        Ok(LocalSlots { slots: Mapping::open(dir, map_names::LOCAL_SLOTS, fizz_common::ADDR_SLOTS)? })
     }
 
     fn slot(&self, addr_be: u32) -> *mut LocalSlot {
-        // SAFETY: `addr_slot` is below `ADDR_SLOTS`, the mapping's length in slots.
-        unsafe { self.base.as_ptr().add(addr_slot(addr_be) as usize) }
+        self.slots.at(addr_slot(addr_be))
     }
 
     /// The slot of `addr_be`, as it is now.
@@ -277,10 +248,80 @@ impl LocalSlots {
     }
 }
 
-impl Drop for LocalSlots {
+/// The epochs of the flow cache's slots (`FZ_FLOW_EPOCHS`), memory-mapped so
+/// that the agent adds to one atomically, as the programs do.
+pub struct FlowEpochs {
+    epochs: Mapping<u64>,
+}
+
+impl FlowEpochs {
+    fn open(dir: &Path) -> Result<Self, Error> {
+        Ok(FlowEpochs { epochs: Mapping::open(dir, map_names::FLOW_EPOCHS, fizz_common::FLOW_CACHE_SLOTS)? })
+    }
+
+    /// Stops every CPU's cached copy of the flow `key` from being used: to
+    /// call after its conntrack entry was removed or written.
+    pub fn forget(&self, key: &CtKey) {
+        // SAFETY: a valid, 8-aligned slot of the mapping; every writer of
+        // these words (the programs and this) adds to them atomically.
+        let epoch = unsafe { std::sync::atomic::AtomicU64::from_ptr(self.epochs.at(fizz_common::flow_slot(key))) };
+        epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `count` values of an array map, memory-mapped (the map is created
+/// memory-mappable): plain memory shared with the programs.
+struct Mapping<T> {
+    base: std::ptr::NonNull<T>,
+    count: u32,
+}
+
+// SAFETY: the mapping is plain shared memory, valid until `drop`; its users
+// access it through volatile or atomic reads and writes.
+unsafe impl<T> Send for Mapping<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for Mapping<T> {}
+
+impl<T> Mapping<T> {
+    fn open(dir: &Path, name: &'static str, count: u32) -> Result<Self, Error> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let path = dir.join(name);
+        let data = MapData::from_pin(&path).map_err(|source| Error::OpenMap { path: path.clone(), source })?;
+        // SAFETY: a shared read-write mapping of the array's memory, which the
+        // kernel keeps (the mapping holds the map) until `munmap` in `drop`.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::len(count),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::Io { what: format!("mapping {}", path.display()), source: std::io::Error::last_os_error() });
+        }
+        let base = std::ptr::NonNull::new(p.cast::<T>()).expect("mmap returned a non-null address");
+        Ok(Mapping { base, count })
+    }
+
+    fn len(count: u32) -> usize {
+        std::mem::size_of::<T>() * count as usize
+    }
+
+    /// Value `i` (below `count`).
+    fn at(&self, i: u32) -> *mut T {
+        assert!(i < self.count, "index {i} of a mapping of {}", self.count);
+        // SAFETY: in bounds, just checked.
+        unsafe { self.base.as_ptr().add(i as usize) }
+    }
+}
+
+impl<T> Drop for Mapping<T> {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `open`, not used after this.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+        unsafe { libc::munmap(self.base.as_ptr().cast(), Self::len(self.count)) };
     }
 }
 
@@ -358,6 +399,7 @@ pub struct Maps {
     pub sock_peers: TypedHash<u64, SockPeer>,
     pub sock_connects: Counters,
     pub local_slots: LocalSlots,
+    pub flow_epochs: FlowEpochs,
 }
 
 impl Maps {
@@ -379,6 +421,7 @@ impl Maps {
             sock_peers: TypedHash::open(dir, map_names::SOCK_PEERS)?,
             sock_connects: Counters::open(dir, map_names::SOCK_CONNECTS)?,
             local_slots: LocalSlots::open(dir)?,
+            flow_epochs: FlowEpochs::open(dir)?,
         })
     }
 }

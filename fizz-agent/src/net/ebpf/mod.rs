@@ -490,32 +490,38 @@ impl Datapath {
             .filter(|(_, v)| backend_ids.iter().any(|&bid| conntrack::uses_backend(v, svc_id, bid)))
             .map(|(k, _)| k)
             .collect();
-        for k in &doomed {
-            self.maps.conntrack.remove(k)?;
-        }
-        Ok(doomed.len())
+        self.forget_flows(&doomed)
     }
 
     /// Deletes conntrack entries idle past their timeout; returns how many.
     pub fn gc_conntrack(&mut self, timeouts: &Timeouts) -> Result<usize, Error> {
         let entries = self.maps.conntrack.entries()?;
         let doomed = conntrack::sweep(&entries, monotonic_ns(), timeouts);
-        for k in &doomed {
+        self.forget_flows(&doomed)
+    }
+
+    /// Deletes these conntrack entries, and then every CPU's cached copy of
+    /// them; returns how many.
+    fn forget_flows(&mut self, keys: &[CtKey]) -> Result<usize, Error> {
+        for k in keys {
             self.maps.conntrack.remove(k)?;
+            self.maps.flow_epochs.forget(k);
         }
-        Ok(doomed.len())
+        Ok(keys.len())
     }
 
 }
 
 /// Loads the datapath's object with its maps pinned in `maps_dir`: maps
 /// pinned by name are reused when their pins exist, the others created and
-/// pinned. `CPU_VERDICTS` is sized to the machine's possible CPUs.
+/// pinned. `CPU_VERDICTS` and `FLOW_CACHE` are sized to the machine's
+/// possible CPUs.
 fn load_object(maps_dir: &Path) -> Result<Ebpf, Error> {
     let cpus = u32::try_from(maps::possible_cpus()?).unwrap_or(u32::MAX).min(fizz_common::MAX_CPUS);
     EbpfLoader::new()
         .default_map_pin_directory(maps_dir)
         .map_max_entries(fizz_common::map_names::CPU_VERDICTS, cpus * fizz_common::VERDICT_STRIDE)
+        .map_max_entries(fizz_common::map_names::FLOW_CACHE, cpus * fizz_common::FLOW_CACHE_SLOTS)
         .load(OBJECT)
         .map_err(|e| Error::Load(Box::new(e)))
 }
