@@ -45,6 +45,11 @@ pub mod map_names {
     /// LPM trie `RemoteAddr` (with a prefix length) → `Remote`: the
     /// container ranges of other nodes and the tunnel device that reaches them.
     pub const REMOTES: &str = "FZ_REMOTES";
+    /// Hash `EndpointKey` → `RemoteEndpoint`: the networks of the
+    /// containers of other nodes, from their nodes' reports, so that a new
+    /// flow arriving through the tunnel is checked against the networks of
+    /// the local container it is for.
+    pub const REMOTE_ENDPOINTS: &str = "FZ_REMOTE_ENDPOINTS";
     /// `u64` network-namespace cookie → `SockClient`: the containers whose
     /// TCP connects to a VIP are balanced at connect time.
     pub const SOCK_CLIENTS: &str = "FZ_SOCK_CLIENTS";
@@ -132,6 +137,8 @@ pub const MAX_VIPS: u32 = 65_536;
 pub const MAX_CONNTRACK: u32 = 262_144;
 /// Local endpoints (containers) per node.
 pub const MAX_ENDPOINTS: u32 = 4_096;
+/// Containers of other nodes whose networks are known here.
+pub const MAX_REMOTE_ENDPOINTS: u32 = 65_536;
 /// Remote container ranges (one per other node).
 pub const MAX_REMOTES: u32 = 1_024;
 /// Slots of `LOCAL_SLOTS` (a power of two).
@@ -469,6 +476,15 @@ pub struct Remote {
 }
 assert_size!(Remote, 4);
 
+/// Value of `FZ_REMOTE_ENDPOINTS`: a container of another node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct RemoteEndpoint {
+    /// Its networks (one bit each; 0: unrestricted), as `Endpoint::net_mask`.
+    pub net_mask: u64,
+}
+assert_size!(RemoteEndpoint, 8);
+
 /// Packet and byte counter, one per CPU in per-CPU arrays.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -621,6 +637,8 @@ mod pod {
     unsafe impl aya::Pod for RemoteAddr {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Remote {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RemoteEndpoint {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SockClient {}
     // SAFETY: as above.

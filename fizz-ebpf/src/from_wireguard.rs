@@ -14,8 +14,13 @@
 //!    into its namespace. (A plain `bpf_redirect` to the veth's egress does
 //!    not deliver from a TUN device.) Otherwise the stack has it.
 //!
-//! Network policy is not checked here: the source's networks are known only
-//! on its own node, which checked them when the flow was set up.
+//! Network policy: a packet that sets up a connection (every UDP datagram,
+//! a TCP SYN) from a container of another node (`FZ_REMOTE_ENDPOINTS`, from
+//! its node's reports) to a local container is dropped when the two share no
+//! network, as `from_container` does between two local containers. A
+//! source that no report names (a process of another host, a container not
+//! reported yet) is let through, as an unknown source is there. A reply
+//! this node reverse-NATs was checked when its flow was set up.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
@@ -26,7 +31,7 @@ use aya_ebpf::{
 use fizz_common::{drop_reason, verdict, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    maps::{finish, local},
+    maps::{finish, local, remote_endpoint_mask},
     nat::{self, Flow},
     packet::{self, IP_OFF_L3},
 };
@@ -52,8 +57,10 @@ fn try_from_wireguard(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
     let proto = ip.proto;
     let mut dst = local(ip.dst_be);
     let mut translated = false;
+    let mut setup = false;
     if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && !ip.later_fragment {
         let flow = Flow::parse(ctx, &ip)?;
+        setup = proto == IPPROTO_UDP || flow.tcp_flags & packet::TCP_SYN != 0;
         // Packets from the tunnel never start a service flow here.
         match nat::translate(ctx, &ip, &flow, false, dst.nat_client)? {
             nat::Outcome::Translated { dst_be } => {
@@ -76,6 +83,13 @@ fn try_from_wireguard(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
             (!translated).then_some(verdict::FROM_TUNNEL_PASS),
         ));
     };
+    if setup && !translated && ep.net_mask != 0 {
+        if let Some(src_mask) = remote_endpoint_mask(ip.src_be) {
+            if !nat::networks_meet(src_mask, ep.net_mask) {
+                return Err(drop_reason::POLICY);
+            }
+        }
+    }
     let ifindex = ep.ifindex;
     // SAFETY: a plain helper call; the kernel checks the ifindex.
     let rc = unsafe { bpf_redirect_peer(ifindex, 0) };

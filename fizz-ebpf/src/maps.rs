@@ -12,7 +12,8 @@ use fizz_common::{
     Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey, SvcKey,
     SvcValue, VipKey, VipValue, MAX_BACKENDS, MAX_BACKEND_IDS, MAX_CONNTRACK, MAX_ENDPOINTS,
     MAX_SERVICES, MAX_VIPS, drop_reason, verdict, Remote, RemoteAddr, MAX_REMOTES, SockClient,
-    SockPeer, ADDR_SLOTS, addr_slot, LocalSlot, MAX_CPUS, VERDICT_STRIDE,
+    SockPeer, ADDR_SLOTS, addr_slot, LocalSlot, MAX_CPUS, VERDICT_STRIDE, RemoteEndpoint,
+    MAX_REMOTE_ENDPOINTS,
 };
 
 #[map(name = "FZ_SERVICES")]
@@ -49,6 +50,9 @@ pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
 #[map(name = "FZ_REMOTES")]
 pub static REMOTES: LpmTrie<RemoteAddr, Remote> = LpmTrie::pinned(MAX_REMOTES, 0);
+
+#[map(name = "FZ_REMOTE_ENDPOINTS")]
+pub static REMOTE_ENDPOINTS: HashMap<EndpointKey, RemoteEndpoint> = HashMap::pinned(MAX_REMOTE_ENDPOINTS, 0);
 
 #[map(name = "FZ_SOCK_CLIENTS")]
 pub static SOCK_CLIENTS: HashMap<u64, SockClient> = HashMap::pinned(MAX_ENDPOINTS, 0);
@@ -211,6 +215,14 @@ pub fn is_vip_range(addr_be: u32) -> bool {
 #[inline(always)]
 pub fn remote(addr_be: u32) -> Option<Remote> {
     REMOTES.get(Key::new(32, RemoteAddr { addr_be })).copied()
+}
+
+/// The networks of `addr_be` when it is a container of another node that
+/// its node reported.
+#[inline(always)]
+pub fn remote_endpoint_mask(addr_be: u32) -> Option<u64> {
+    // SAFETY: the pointer comes from a successful lookup and is only read.
+    REMOTE_ENDPOINTS.get_ptr(&EndpointKey { addr_be }).map(|p| unsafe { (*p).net_mask })
 }
 
 /// Counts what an entry point did with a packet of `len` bytes and returns

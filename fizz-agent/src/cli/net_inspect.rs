@@ -67,10 +67,10 @@ pub fn render(s: &Snapshot) -> String {
     out += "CONNECTS: TCP connections balanced at connect time (no NAT: their packets take the direct path); \
             FLOWS, PACKETS, BYTES: flows NAT'd per packet (UDP, and clients outside this node's containers).\n\n";
 
-    let mut t = table(&["ENDPOINT", "INTERFACE", "MAC"]);
+    let mut t = table(&["ENDPOINT", "INTERFACE", "MAC", "NETWORKS"]);
     for e in &s.endpoints {
         let ifname = e.ifname.clone().unwrap_or_else(|| format!("#{}", e.ifindex));
-        t.add_row(vec![e.addr.to_string(), ifname, e.mac.clone()]);
+        t.add_row(vec![e.addr.to_string(), ifname, e.mac.clone(), networks(e.net_mask)]);
     }
     out += &format!("endpoints ({})\n{t}\n\n", s.endpoints.len());
 
@@ -87,6 +87,19 @@ pub fn render(s: &Snapshot) -> String {
     }
     out += &format!("routes to other nodes ({})\n{t}\n\n", s.remotes.len());
 
+    let mut t = table(&["OTHER NODES' CONTAINER", "NETWORKS"]);
+    for e in s.remote_endpoints.iter().take(50) {
+        t.add_row(vec![e.addr.to_string(), networks(e.net_mask)]);
+    }
+    let more = s.remote_endpoints.len().saturating_sub(50);
+    out += &format!(
+        "containers of other nodes ({}{})\n{t}\n",
+        s.remote_endpoints.len(),
+        if more > 0 { ", first 50 shown; --json for all" } else { "" }
+    );
+    out += "NETWORKS: the bits of the Compose networks a container is on (two containers may talk when \
+            they share one); any: unrestricted.\n\n";
+
     let mut t = table(&["VERDICT", "PACKETS", "BYTES"]);
     for (k, v) in &s.verdicts {
         t.add_row(vec![k.to_string(), v.packets.to_string(), v.bytes.to_string()]);
@@ -98,4 +111,12 @@ pub fn render(s: &Snapshot) -> String {
     }
     out += &format!("drops\n{t}\n");
     out
+}
+
+/// A network mask as its bit numbers (`0,3`), or `any` when unrestricted.
+fn networks(mask: u64) -> String {
+    if mask == 0 {
+        return "any".into();
+    }
+    (0..64).filter(|b| mask & (1 << b) != 0).map(|b: u32| b.to_string()).collect::<Vec<_>>().join(",")
 }

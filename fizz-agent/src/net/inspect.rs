@@ -23,6 +23,8 @@ pub struct Snapshot {
     pub conntrack: Vec<FlowView>,
     /// Other nodes' container ranges and the tunnel they are sent into.
     pub remotes: Vec<RemoteView>,
+    /// Other nodes' containers whose networks are checked on arrival.
+    pub remote_endpoints: Vec<RemoteEndpointView>,
     pub verdicts: BTreeMap<&'static str, CountView>,
     pub drops: BTreeMap<&'static str, CountView>,
 }
@@ -99,6 +101,15 @@ pub struct EndpointView {
     pub ifindex: u32,
     pub ifname: Option<String>,
     pub mac: String,
+    /// Its networks, one bit each (0: unrestricted).
+    pub net_mask: u64,
+}
+
+/// A container of another node, with the networks its node reported.
+#[derive(Debug, Serialize)]
+pub struct RemoteEndpointView {
+    pub addr: Ipv4Addr,
+    pub net_mask: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -213,6 +224,7 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
             ifindex: v.ifindex,
             ifname: ifname(v.ifindex),
             mac: mac(&v.mac),
+            net_mask: v.net_mask,
         })
         .collect();
     endpoints.sort_by_key(|e| e.addr);
@@ -236,8 +248,17 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
         .map(|(net, len, r)| RemoteView { range: format!("{net}/{len}"), ifindex: r.ifindex, ifname: ifname(r.ifindex) })
         .collect();
 
+    let mut remote_endpoints: Vec<RemoteEndpointView> = maps
+        .remote_endpoints
+        .entries()?
+        .into_iter()
+        .map(|(k, v)| RemoteEndpointView { addr: Ipv4Addr::from(u32::from_be(k.addr_be)), net_mask: v.net_mask })
+        .collect();
+    remote_endpoints.sort_by_key(|e| e.addr);
+
     Ok(Snapshot {
         remotes,
+        remote_endpoints,
         pin_dir: pin_dir.display().to_string(),
         program,
         attached,

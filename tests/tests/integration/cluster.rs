@@ -117,8 +117,6 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
         rs.len() == 2 && rs.iter().all(|r| r.node == members[1].name && r.state == Some(RunState::Running))
     })
     .unwrap_or_else(|e| panic!("{e}: {:#?}", pinned_running()));
-    let (ok, out) = cli(&members[0], &["down", "-p", &pinned_project]);
-    assert!(ok, "{out}");
 
     // Containers on two nodes reach each other through the WireGuard mesh the agents built
     // from what gossip told them: by address, and through the VIP by name, whose backends
@@ -145,6 +143,40 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
         }
     }
     assert_eq!(seen.len(), 3, "the VIP reaches the replicas of all three nodes: {seen:?}");
+
+    // Network isolation holds across nodes: node 1 learns the networks of node 2's pinned
+    // containers (another project, so another network) from node 2's reports, and refuses
+    // their connections to its web replica, while node 2's web replica is let in.
+    let inspect_node1 = || -> serde_json::Value {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", members[0].netns))
+            .arg("--")
+            .arg(&fizz)
+            .args(["net", "inspect", "--json", "--pin-dir"])
+            .arg(cluster.0.pin_dir.join("node1"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let remote_mask = |v: &serde_json::Value, addr: Ipv4Addr| -> Option<u64> {
+        v["remote_endpoints"].as_array()?.iter().find(|e| e["addr"].as_str() == Some(&addr.to_string()))?["net_mask"].as_u64()
+    };
+    let pinned_addr = pinned_running().iter().find_map(|r| r.addr).expect("a pinned replica has an address");
+    wait_for("node 1 to know the networks of node 2's containers", Duration::from_secs(20), || {
+        let v = inspect_node1();
+        matches!((remote_mask(&v, pinned_addr), remote_mask(&v, remote)), (Some(p), Some(w)) if p & w == 0 && p != 0 && w != 0)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", inspect_node1()["remote_endpoints"]));
+    let on_n1 = rs.iter().find(|r| r.node == members[0].name).and_then(|r| r.addr).expect("node 1's replica has an address");
+    let url = format!("http://{on_n1}:8080/");
+    let (ok, out) = cli(&members[1], &["exec", "-p", &pinned_project, "pinned", "--", "timeout", "3", "wget", "-qO-", &url]);
+    assert!(!ok, "a container on another network reached node 1's web replica: {out}");
+    let denied = inspect_node1()["drops"]["policy-denied"]["packets"].as_u64().unwrap_or(0);
+    assert!(denied > 0, "node 1 dropped it as policy: {}", inspect_node1()["drops"]);
+    let (ok, out) = cli(&members[1], &["exec", "-p", &project, "web", "--", "timeout", "3", "wget", "-qO-", &url]);
+    assert!(ok && out.contains("-web-"), "node 2's web replica reaches node 1's: {out}");
+    let (ok, out) = cli(&members[0], &["down", "-p", &pinned_project]);
+    assert!(ok, "{out}");
     let (_, out) = cli(&members[0], &["nodes", "--json"]);
     let r: NodesResponse = serde_json::from_str(&out).unwrap();
     let peer = r.nodes.iter().find(|n| n.name == members[1].name).unwrap();

@@ -23,7 +23,7 @@ use fizz::net::{
     wireguard::{self, PeerConfig, PrivateKey, WireGuard, WireGuardConfig, DEFAULT_MTU},
     Datapath,
 };
-use fizz_common::{drop_reason, verdict};
+use fizz_common::{drop_reason, verdict, Endpoint};
 use fizz_tests::{require_root, sh, unique, wait_for, Container, Node};
 
 const WG_PORT: u16 = 51820;
@@ -355,6 +355,31 @@ fn wait_tunnel(p: &Pair) {
 
 fn verdicts(dp: &Datapath, v: u32) -> u64 {
     dp.maps().verdicts.get(v).unwrap().packets
+}
+
+/// Network isolation holds across nodes: node 2 knows the networks of node
+/// 1's container (as node 1 reports them) and refuses new connections and
+/// datagrams from it to its own container while the two share no network.
+#[test]
+fn a_container_on_another_node_reaches_only_containers_it_shares_a_network_with() {
+    require_root!();
+    let mut p = pair();
+    p.wire_wireguard();
+    let _s2 = Servers::start(&p.b.c);
+    let to_b = SocketAddr::from((p.b.c.addr, ECHO_PORT));
+    wait_tunnel(&p);
+    let policy_drops = |s: &Side| s.dp.maps().drops.get(drop_reason::POLICY).unwrap().packets;
+
+    p.b.dp.set_endpoint(p.b.c.addr, Endpoint { net_mask: 0b01, ..p.b.c.endpoint() }).unwrap();
+    p.b.dp.set_remote_endpoints(&[(p.a.c.addr, 0b10)].into()).unwrap();
+    assert!(tcp_echo(&p.a.c, to_b, b"denied").is_err(), "a connection between two networks");
+    assert_eq!(udp_pings(&p.a.c, to_b, 3), 0, "datagrams between two networks");
+    assert!(policy_drops(&p.b) >= 2, "node 2 dropped them as policy");
+    assert_eq!(policy_drops(&p.a), 0, "node 1 did not: it does not know node 2's container");
+
+    p.b.dp.set_remote_endpoints(&[(p.a.c.addr, 0b11)].into()).unwrap();
+    assert_eq!(tcp_echo(&p.a.c, to_b, b"shared").unwrap().0, b"shared");
+    assert_eq!(udp_pings(&p.a.c, to_b, 5), 5);
 }
 
 #[test]

@@ -326,6 +326,53 @@ fn segment(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), tcp_flags: u8) -> Vec<u8>
     f.build()
 }
 
+/// A new flow through the tunnel (a SYN, any UDP datagram) from a container
+/// of another node reaches a local container only when the two share a
+/// network; a source no node reported is let through, as locally, and so are
+/// a flow's later segments (its SYN was checked).
+#[test]
+fn a_new_flow_from_another_nodes_container_must_share_a_network_with_its_local_destination() {
+    require_root!();
+    let mut f = fixture();
+    let same = Ipv4Addr::new(10, 42, 1, 7);
+    let other = Ipv4Addr::new(10, 42, 1, 8);
+    let stranger = Ipv4Addr::new(10, 42, 1, 9);
+    f.dp.set_endpoint(BACKEND, Endpoint { ifindex: 1, mac: BACKEND_MAC, node_mac: NODE_MAC, net_mask: 0b01, netns_cookie: 0 })
+        .unwrap();
+    assert_eq!(f.dp.set_remote_endpoints(&[(same, 0b11), (other, 0b10)].into()).unwrap(), 2);
+    // The tunnel carries bare IPv4: the frame without its Ethernet header.
+    let from = |src: Ipv4Addr, tcp_flags: Option<u8>| -> Vec<u8> {
+        let frame = match tcp_flags {
+            Some(flags) => segment((src, 40000), (BACKEND, 8080), flags),
+            None => Frame::udp(src, 40000, BACKEND, 5353).build(),
+        };
+        frame[14..].to_vec()
+    };
+    let wg = |f: &Fixture, pkt: Vec<u8>| test_run(f.dp.wireguard_program(), &pkt).expect("BPF_PROG_TEST_RUN").retval;
+    let denied = drops(&f, drop_reason::POLICY);
+
+    assert_eq!(wg(&f, from(other, Some(0x02))), SHOT, "a SYN from a container on other networks");
+    assert_eq!(wg(&f, from(other, None)), SHOT, "a datagram from a container on other networks");
+    assert_eq!(drops(&f, drop_reason::POLICY), denied + 2, "both counted as policy drops");
+    assert_eq!(wg(&f, from(other, Some(0x10))), REDIRECT, "later segments are not checked");
+    assert_eq!(wg(&f, from(same, Some(0x02))), REDIRECT, "a shared network");
+    assert_eq!(wg(&f, from(same, None)), REDIRECT);
+    assert_eq!(wg(&f, from(stranger, Some(0x02))), REDIRECT, "no report names it");
+
+    // Reports change: the other container joins the network, then leaves
+    // (its node no longer reports it).
+    assert_eq!(f.dp.set_remote_endpoints(&[(same, 0b11), (other, 0b01)].into()).unwrap(), 1);
+    assert_eq!(wg(&f, from(other, Some(0x02))), REDIRECT);
+    assert_eq!(f.dp.set_remote_endpoints(&[(same, 0b11)].into()).unwrap(), 1);
+    assert_eq!(f.dp.remote_endpoints().unwrap(), [(same, 0b11)].into());
+    assert_eq!(drops(&f, drop_reason::POLICY), denied + 2);
+
+    // A local container on no network in particular takes anyone.
+    f.dp.set_remote_endpoints(&[(other, 0b10)].into()).unwrap();
+    f.dp.set_endpoint(BACKEND, Endpoint { ifindex: 1, mac: BACKEND_MAC, node_mac: NODE_MAC, net_mask: 0, netns_cookie: 0 }).unwrap();
+    assert_eq!(wg(&f, from(other, Some(0x02))), REDIRECT);
+}
+
 /// Copies in the flow cache are per CPU: this thread's test runs stay on one.
 fn stay_on_one_cpu() {
     let cpu = *fizz_tests::allowed_cpus().unwrap().first().expect("a CPU to run on");

@@ -486,6 +486,27 @@ pub fn vip_table(
     out
 }
 
+/// The networks of the other nodes' containers, by address, from their
+/// reports: what `from_wireguard` checks a new flow's source against.
+/// Only running replicas count (an exited one's address may be taken
+/// again); a replica of a project or service no longer in the desired
+/// state gets mask 0 (unrestricted), as a local one would. Two reports of
+/// one address (a moment while a node reuses it) get both masks.
+pub fn remote_masks(remote: &[(String, ReplicaReport)], masks: &BTreeMap<(String, String), u64>) -> BTreeMap<Ipv4Addr, u64> {
+    let mut out = BTreeMap::new();
+    for (_, r) in remote {
+        let Some(addr) = r.addr else { continue };
+        if r.state != RunState::Running {
+            continue;
+        }
+        let mask = masks.get(&(r.project.clone(), r.service.clone())).copied().unwrap_or(0);
+        out.entry(addr)
+            .and_modify(|m: &mut u64| *m = if *m == 0 || mask == 0 { 0 } else { *m | mask })
+            .or_insert(mask);
+    }
+    out
+}
+
 /// The names the DNS server answers: every service with a VIP (its aliases
 /// per network, its running replicas as `tasks.`), and every container as a
 /// client of its project and networks.

@@ -324,3 +324,30 @@ fn services_share_a_bit_only_when_they_share_a_network() {
     assert_eq!(get("other") & (get("web") | get("db") | get("api")), 0, "default is a network of its own");
     assert_eq!(vip_table(&ps, &[], &[]).iter().find(|(s, _)| s.frontend.vip == ps["app"].services["db"].vip.unwrap()).unwrap().1, get("db"));
 }
+
+#[test]
+fn remote_containers_carry_their_services_networks_and_only_running_ones_count() {
+    let mut front = svc(1, &[], false);
+    front.networks = [("front".to_string(), vec![])].into();
+    let mut back = svc(1, &[], false);
+    back.networks = [("back".to_string(), vec![])].into();
+    let ps = project(vec![("web", front), ("db", back)]);
+    let (m, _) = network_masks(&ps);
+    let get = |s: &str| m[&("app".to_string(), s.to_string())];
+    let web = reported(&ps, "n2", "web", 1, 5, true);
+    let db = reported(&ps, "n3", "db", 1, 6, false);
+    let mut exited = reported(&ps, "n3", "db", 2, 7, false);
+    exited.1.state = RunState::Exited;
+    let mut gone = reported(&ps, "n2", "web", 2, 8, true);
+    gone.1.service = "removed".into();
+    let got = remote_masks(&[web, db, exited, gone], &m);
+    let at = |last: u8| got.get(&Ipv4Addr::new(10, 42, 1, last)).copied();
+    assert_eq!(at(5), Some(get("web")));
+    assert_eq!(at(6), Some(get("db")), "a replica that is not ready yet still sends");
+    assert_eq!(at(7), None, "an exited replica's address is free");
+    assert_eq!(at(8), Some(0), "a service no longer desired is unrestricted, as locally");
+
+    // One address reported twice (reused while a report lags): both masks.
+    let twice = [reported(&ps, "n2", "web", 1, 5, true), reported(&ps, "n2", "db", 1, 5, true)];
+    assert_eq!(remote_masks(&twice, &m)[&Ipv4Addr::new(10, 42, 1, 5)], get("web") | get("db"));
+}

@@ -12,7 +12,7 @@ use aya::maps::{
 };
 use fizz_common::{
     map_names, Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey,
-    Remote, RemoteAddr, SockClient, SockPeer, SvcKey, SvcValue, VipKey, VipValue, addr_slot, LocalSlot, VERDICT_STRIDE,
+    Remote, RemoteAddr, RemoteEndpoint, SockClient, SockPeer, SvcKey, SvcValue, VipKey, VipValue, addr_slot, LocalSlot, VERDICT_STRIDE,
 };
 
 use super::Error;
@@ -393,6 +393,8 @@ pub struct Maps {
     pub verdicts: CpuCounters,
     pub config: ConfigMap,
     pub remotes: Remotes,
+    /// Other nodes' containers → their networks.
+    pub remote_endpoints: TypedHash<EndpointKey, RemoteEndpoint>,
     /// Network-namespace cookie → the container whose connects are balanced.
     pub sock_clients: TypedHash<u64, SockClient>,
     /// Socket cookie → the VIP it connected to.
@@ -417,6 +419,7 @@ impl Maps {
             verdicts: CpuCounters::open(dir)?,
             config: ConfigMap::open(dir)?,
             remotes: Remotes::open(dir)?,
+            remote_endpoints: TypedHash::open(dir, map_names::REMOTE_ENDPOINTS)?,
             sock_clients: TypedHash::open(dir, map_names::SOCK_CLIENTS)?,
             sock_peers: TypedHash::open(dir, map_names::SOCK_PEERS)?,
             sock_connects: Counters::open(dir, map_names::SOCK_CONNECTS)?,

@@ -39,7 +39,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use fizz_common::{
-    Backend, BackendKey, Config, CtKey, Endpoint, EndpointKey, Remote, SockClient, SvcKey, SvcValue,
+    Backend, BackendKey, Config, CtKey, Endpoint, EndpointKey, Remote, RemoteEndpoint, SockClient, SvcKey, SvcValue,
     VipKey, VipValue, PROG_FROM_CONTAINER, PROG_FROM_WIREGUARD, PROG_SOCK_CONNECT4, PROG_SOCK_GETPEERNAME4,
 };
 
@@ -321,6 +321,46 @@ impl Datapath {
     pub fn remove_remote(&mut self, net: Ipv4Addr, prefix: u8) -> Result<(), Error> {
         check_prefix(net, prefix).ok_or(Error::BadRemoteRange(net, prefix))?;
         self.maps.remotes.remove(net, prefix)
+    }
+
+    /// Declares the networks of other nodes' containers (address → mask,
+    /// as `Endpoint::net_mask`), replacing the set declared before:
+    /// `from_wireguard` drops a new flow from one of them to a local
+    /// container when the two share no network. Entries that go are removed
+    /// first, so a full map only refuses what is new. Returns how many
+    /// entries changed.
+    pub fn set_remote_endpoints(&mut self, masks: &BTreeMap<Ipv4Addr, u64>) -> Result<usize, Error> {
+        let key = |a: Ipv4Addr| EndpointKey { addr_be: u32::from(a).to_be() };
+        let have: BTreeMap<Ipv4Addr, u64> = self
+            .maps
+            .remote_endpoints
+            .entries()?
+            .into_iter()
+            .map(|(k, v)| (Ipv4Addr::from(u32::from_be(k.addr_be)), v.net_mask))
+            .collect();
+        let mut changed = 0;
+        for a in have.keys().filter(|a| !masks.contains_key(a)) {
+            self.maps.remote_endpoints.remove(&key(*a))?;
+            changed += 1;
+        }
+        for (a, m) in masks {
+            if have.get(a) != Some(m) {
+                self.maps.remote_endpoints.set(&key(*a), &RemoteEndpoint { net_mask: *m })?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The other nodes' containers declared now, with their network masks.
+    pub fn remote_endpoints(&self) -> Result<BTreeMap<Ipv4Addr, u64>, Error> {
+        Ok(self
+            .maps
+            .remote_endpoints
+            .entries()?
+            .into_iter()
+            .map(|(k, v)| (Ipv4Addr::from(u32::from_be(k.addr_be)), v.net_mask))
+            .collect())
     }
 
     /// The remote ranges declared now, as `(network, prefix, ifindex)`.
