@@ -385,6 +385,80 @@ impl Bench {
         Ok(())
     }
 
+    /// A path's connection-rate ratio at each service count, when every
+    /// count has one.
+    fn scale_ratios(&self, s: Scenario) -> Option<Vec<f64>> {
+        SCALES
+            .iter()
+            .map(|n| {
+                let key = |s: Scenario| format!("scale/{n}/{}", s.key());
+                self.results.entry(&key(s), s.direct().map(key).as_deref()).and_then(|e| e.ratio_to_direct)
+            })
+            .collect()
+    }
+
+    /// The targets for both Fizz VIP paths, each with what this run
+    /// measured and whether it is met; a target this run did not measure
+    /// (`--cost-only`) is left out.
+    fn targets(&self) -> Vec<String> {
+        let paths = [Scenario::FizzVip, Scenario::FizzVipNat];
+        let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+        let mut out = Vec::new();
+        for (mode, min) in [(Mode::Conn, 0.90), (Mode::Rr, 0.95), (Mode::Stream, 0.95)] {
+            let key = |s: Scenario| format!("{}/{}", mode.key(), s.key());
+            let cells: Vec<String> = paths
+                .iter()
+                .filter_map(|&s| {
+                    let r = self.results.entry(&key(s), s.direct().map(key).as_deref())?.ratio_to_direct?;
+                    Some(format!("{} {r:.3} {}", s.label(), verdict(r >= min)))
+                })
+                .collect();
+            if !cells.is_empty() {
+                out.push(format!("{} ≥ {min:.2}× direct: {}", mode.label(), cells.join("; ")));
+            }
+        }
+        let cells: Vec<String> = paths
+            .iter()
+            .filter_map(|&s| {
+                let r = self.scale_ratios(s)?;
+                let max = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let min = r.iter().copied().fold(f64::INFINITY, f64::min);
+                let spread = 100.0 * (max - min) / (max + min);
+                Some(format!("{} ±{spread:.1}% {}", s.label(), verdict(spread <= 5.0)))
+            })
+            .collect();
+        if !cells.is_empty() {
+            out.push(format!(
+                "connection rate flat within ±5% from 1 to 10,000 services (around the midpoint of the four points): {}",
+                cells.join("; ")
+            ));
+        }
+        let n = COST_AT[COST_AT.len() - 1];
+        for idle in [Idle::Kept, Idle::Allowed] {
+            let cells: Vec<String> = paths
+                .iter()
+                .filter_map(|&s| {
+                    let ns = Mode::ALL
+                        .iter()
+                        .map(|&m| self.results.entry(&cost_key(Cost::Alone, n, m, s, idle), None).map(|e| e.median))
+                        .collect::<Option<Vec<f64>>>()?;
+                    let worst = ns.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let each: Vec<String> = Mode::ALL.iter().zip(&ns).map(|(m, v)| format!("{} {v:.0}", m.key())).collect();
+                    Some(format!("{} {} ns {}", s.label(), each.join(" / "), verdict(worst <= 100.0)))
+                })
+                .collect();
+            if !cells.is_empty() {
+                out.push(format!(
+                    "≤ 100 ns per packet at {} (the program alone, in each metric's runs), {}: {}",
+                    services(n),
+                    idle.label(),
+                    cells.join("; ")
+                ));
+            }
+        }
+        out
+    }
+
     fn line(&self, key: &str, source: &str, direct: Option<String>, scenario: String, metric: &str) -> Option<Line> {
         let entry = self.results.entry(source, direct.as_deref())?;
         Some(Line { key: key.to_string(), scenario, metric: metric.to_string(), entry })
@@ -421,17 +495,7 @@ impl Bench {
                 scale_lines.extend(self.line(&key(s), &key(s), s.direct().map(key), label, Mode::Conn.label()));
             }
         }
-        // A path's connection-rate ratio at each service count, when every
-        // count has one.
-        let scale_ratios = |s: Scenario| -> Option<Vec<f64>> {
-            SCALES
-                .iter()
-                .map(|n| {
-                    let key = |s: Scenario| format!("scale/{n}/{}", s.key());
-                    self.results.entry(&key(s), s.direct().map(key).as_deref()).and_then(|e| e.ratio_to_direct)
-                })
-                .collect()
-        };
+        let scale_ratios = |s: Scenario| self.scale_ratios(s);
         for s in [Scenario::FizzVip, Scenario::FizzVipNat, Scenario::IptablesVip] {
             let Some(ratios) = scale_ratios(s) else { continue };
             let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -543,6 +607,10 @@ impl Bench {
         let lines: Vec<Line> = sections.into_iter().flatten().collect();
         let json = out_dir.join(format!("{name}.json"));
         report::write_json(&json, &lines)?;
+        println!("\nTargets:");
+        for t in self.targets() {
+            println!("  {t}");
+        }
         println!("\nwrote {}", display(&json));
         let bars: Vec<plot::Bars> = [Scenario::FizzVip, Scenario::FizzVipNat, Scenario::IptablesVip, Scenario::Proxy]
             .into_iter()
