@@ -16,7 +16,9 @@
 //! 4. destination is a container on this node → set MACs if needed and
 //!    `bpf_redirect_peer` into its namespace; destination in another node's
 //!    range (`FZ_REMOTES`) → `bpf_redirect` into the WireGuard device;
-//!    otherwise hand it to the stack.
+//!    otherwise hand it to the stack. A new connection between two
+//!    containers that share no network is dropped, whichever node the
+//!    destination is on (when its node reported it).
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
@@ -27,7 +29,7 @@ use aya_ebpf::{
 use fizz_common::{drop_reason, verdict, VipKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    maps::{count, finish, is_vip_range, local, local_endpoint, remote, slot, Local, DROPS, VIPS},
+    maps::{count, finish, is_vip_range, local, local_endpoint, remote, remote_endpoint_mask, slot, Local, DROPS, VIPS},
     nat::{self, Flow},
     packet::{self, Ipv4, ETH_P_IP},
     reject,
@@ -108,7 +110,7 @@ fn deliver(
     check_policy: bool,
 ) -> Result<(i32, Option<u32>), u32> {
     let Some(ep) = dst.endpoint() else {
-        return to_remote(dst_be, translated);
+        return to_remote(ip, dst_be, translated, check_policy);
     };
     // Network isolation for flows that conntrack has not vouched for.
     if check_policy && ep.net_mask != 0 {
@@ -140,12 +142,30 @@ fn deliver(
 /// device (its egress: the tunnel encrypts it), or hands it to the stack
 /// when no node owns the destination. The TTL is kept, as for local
 /// delivery: the cluster's container network is one segment.
+///
+/// A connection set up (`check_policy`) from a local container to one of
+/// another node that shares none of its networks is dropped here already,
+/// when that node reported the container (`FZ_REMOTE_ENDPOINTS`): the
+/// destination's node would drop it too (`from_wireguard`), and this
+/// spares the tunnel, and holds while that node runs an agent that does
+/// not check yet.
 #[inline(always)]
-fn to_remote(dst_be: u32, translated: bool) -> Result<(i32, Option<u32>), u32> {
+fn to_remote(ip: &Ipv4, dst_be: u32, translated: bool, check_policy: bool) -> Result<(i32, Option<u32>), u32> {
     let Some(r) = remote(dst_be) else {
         let v = if translated { None } else { Some(verdict::PASS) };
         return Ok((TC_ACT_OK as i32, v));
     };
+    if check_policy {
+        if let Some(dst_mask) = remote_endpoint_mask(dst_be) {
+            if dst_mask != 0 {
+                if let Some(src) = local_endpoint(ip.src_be) {
+                    if !nat::networks_meet(src.net_mask, dst_mask) {
+                        return Err(drop_reason::POLICY);
+                    }
+                }
+            }
+        }
+    }
     // SAFETY: a plain helper call; the kernel checks the ifindex.
     let rc = unsafe { bpf_redirect(r.ifindex, 0) };
     if rc == i64::from(TC_ACT_REDIRECT) {

@@ -397,7 +397,7 @@ impl Bench {
             .collect()
     }
 
-    /// The targets for both Fizz VIP paths, each with what this run
+    /// The datapath's targets for both Fizz VIP paths, each with what this run
     /// measured and whether it is met; a target this run did not measure
     /// (`--cost-only`) is left out.
     fn targets(&self) -> Vec<String> {

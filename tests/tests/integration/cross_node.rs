@@ -380,6 +380,15 @@ fn a_container_on_another_node_reaches_only_containers_it_shares_a_network_with(
     p.b.dp.set_remote_endpoints(&[(p.a.c.addr, 0b11)].into()).unwrap();
     assert_eq!(tcp_echo(&p.a.c, to_b, b"shared").unwrap().0, b"shared");
     assert_eq!(udp_pings(&p.a.c, to_b, 5), 5);
+
+    // Node 1 knows node 2's container too, and drops before the tunnel what node 2 (here
+    // still letting it in) would take.
+    p.a.dp.set_endpoint(p.a.c.addr, Endpoint { net_mask: 0b10, ..p.a.c.endpoint() }).unwrap();
+    p.a.dp.set_remote_endpoints(&[(p.b.c.addr, 0b01)].into()).unwrap();
+    let (a_before, b_before) = (policy_drops(&p.a), verdicts(&p.b.dp, verdict::FROM_TUNNEL_LOCAL));
+    assert!(tcp_echo(&p.a.c, to_b, b"denied").is_err(), "refused by the sending node");
+    assert!(policy_drops(&p.a) > a_before, "node 1 dropped it as policy");
+    assert_eq!(verdicts(&p.b.dp, verdict::FROM_TUNNEL_LOCAL), b_before, "nothing reached node 2's container");
 }
 
 #[test]

@@ -373,6 +373,31 @@ fn a_new_flow_from_another_nodes_container_must_share_a_network_with_its_local_d
     assert_eq!(wg(&f, from(other, Some(0x02))), REDIRECT);
 }
 
+/// The sending node drops it already: a new flow from a local container to
+/// another node's container that shares none of its networks never enters
+/// the tunnel, when that node reported the container.
+#[test]
+fn a_new_flow_to_another_nodes_container_on_other_networks_does_not_enter_the_tunnel() {
+    require_root!();
+    let mut f = fixture();
+    let (same, other, stranger) = (Ipv4Addr::new(10, 42, 1, 7), Ipv4Addr::new(10, 42, 1, 8), Ipv4Addr::new(10, 42, 1, 9));
+    f.dp.set_remote(Ipv4Addr::new(10, 42, 1, 0), 24, 1).unwrap();
+    f.dp.set_endpoint(CLIENT, Endpoint { ifindex: 1, mac: [0x0a, 0x58, 10, 42, 0, 2], node_mac: NODE_MAC, net_mask: 0b01, netns_cookie: 0 })
+        .unwrap();
+    f.dp.set_remote_endpoints(&[(same, 0b11), (other, 0b10)].into()).unwrap();
+    let to = |dst: Ipv4Addr, tcp_flags: Option<u8>| match tcp_flags {
+        Some(flags) => segment((CLIENT, 40000), (dst, 8080), flags),
+        None => Frame::udp(CLIENT, 40000, dst, 5353).build(),
+    };
+    let denied = drops(&f, drop_reason::POLICY);
+    assert_eq!(run(&f, &to(other, Some(0x02))).retval, SHOT, "a SYN to a container on other networks");
+    assert_eq!(run(&f, &to(other, None)).retval, SHOT, "a datagram to a container on other networks");
+    assert_eq!(drops(&f, drop_reason::POLICY), denied + 2);
+    assert_eq!(run(&f, &to(other, Some(0x10))).retval, REDIRECT, "later segments are not checked");
+    assert_eq!(run(&f, &to(same, Some(0x02))).retval, REDIRECT, "into the tunnel: a shared network");
+    assert_eq!(run(&f, &to(stranger, Some(0x02))).retval, REDIRECT, "no report names it");
+}
+
 /// Copies in the flow cache are per CPU: this thread's test runs stay on one.
 fn stay_on_one_cpu() {
     let cpu = *fizz_tests::allowed_cpus().unwrap().first().expect("a CPU to run on");
