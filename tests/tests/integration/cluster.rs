@@ -144,16 +144,17 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
     }
     assert_eq!(seen.len(), 3, "the VIP reaches the replicas of all three nodes: {seen:?}");
 
-    // Network isolation holds across nodes: node 1 learns the networks of node 2's pinned
-    // containers (another project, so another network) from node 2's reports, and refuses
-    // their connections to its web replica, while node 2's web replica is let in.
-    let inspect_node1 = || -> serde_json::Value {
+    // Network isolation holds across nodes: each node learns the networks of the other nodes'
+    // containers from their reports. Node 2's pinned containers (another project, so another
+    // network) cannot reach node 1's web replica (node 2 drops the SYN before the tunnel, or
+    // node 1 on arrival), while node 2's web replica can.
+    let inspect = |i: usize| -> serde_json::Value {
         let out = std::process::Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", members[0].netns))
+            .arg(format!("--net=/var/run/netns/{}", members[i].netns))
             .arg("--")
             .arg(&fizz)
             .args(["net", "inspect", "--json", "--pin-dir"])
-            .arg(cluster.0.pin_dir.join("node1"))
+            .arg(cluster.0.pin_dir.join(format!("node{}", i + 1)))
             .output()
             .unwrap();
         serde_json::from_slice(&out.stdout).unwrap_or_default()
@@ -161,18 +162,20 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
     let remote_mask = |v: &serde_json::Value, addr: Ipv4Addr| -> Option<u64> {
         v["remote_endpoints"].as_array()?.iter().find(|e| e["addr"].as_str() == Some(&addr.to_string()))?["net_mask"].as_u64()
     };
+    let policy_drops = |v: &serde_json::Value| v["drops"]["policy-denied"]["packets"].as_u64().unwrap_or(0);
     let pinned_addr = pinned_running().iter().find_map(|r| r.addr).expect("a pinned replica has an address");
     wait_for("node 1 to know the networks of node 2's containers", Duration::from_secs(20), || {
-        let v = inspect_node1();
+        let v = inspect(0);
         matches!((remote_mask(&v, pinned_addr), remote_mask(&v, remote)), (Some(p), Some(w)) if p & w == 0 && p != 0 && w != 0)
     })
-    .unwrap_or_else(|e| panic!("{e}: {}", inspect_node1()["remote_endpoints"]));
+    .unwrap_or_else(|e| panic!("{e}: {}", inspect(0)["remote_endpoints"]));
     let on_n1 = rs.iter().find(|r| r.node == members[0].name).and_then(|r| r.addr).expect("node 1's replica has an address");
     let url = format!("http://{on_n1}:8080/");
+    let denied_before = policy_drops(&inspect(0)) + policy_drops(&inspect(1));
     let (ok, out) = cli(&members[1], &["exec", "-p", &pinned_project, "pinned", "--", "timeout", "3", "wget", "-qO-", &url]);
     assert!(!ok, "a container on another network reached node 1's web replica: {out}");
-    let denied = inspect_node1()["drops"]["policy-denied"]["packets"].as_u64().unwrap_or(0);
-    assert!(denied > 0, "node 1 dropped it as policy: {}", inspect_node1()["drops"]);
+    let denied = policy_drops(&inspect(0)) + policy_drops(&inspect(1));
+    assert!(denied > denied_before, "dropped as policy: node 1 {}, node 2 {}", inspect(0)["drops"], inspect(1)["drops"]);
     let (ok, out) = cli(&members[1], &["exec", "-p", &project, "web", "--", "timeout", "3", "wget", "-qO-", &url]);
     assert!(ok && out.contains("-web-"), "node 2's web replica reaches node 1's: {out}");
     let (ok, out) = cli(&members[0], &["down", "-p", &pinned_project]);
