@@ -148,20 +148,8 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
     // containers from their reports. Node 2's pinned containers (another project, so another
     // network) cannot reach node 1's web replica (node 2 drops the SYN before the tunnel, or
     // node 1 on arrival), while node 2's web replica can.
-    let inspect = |i: usize| -> serde_json::Value {
-        let out = std::process::Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", members[i].netns))
-            .arg("--")
-            .arg(&fizz)
-            .args(["net", "inspect", "--json", "--pin-dir"])
-            .arg(cluster.0.pin_dir.join(format!("node{}", i + 1)))
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or_default()
-    };
-    let remote_mask = |v: &serde_json::Value, addr: Ipv4Addr| -> Option<u64> {
-        v["remote_endpoints"].as_array()?.iter().find(|e| e["addr"].as_str() == Some(&addr.to_string()))?["net_mask"].as_u64()
-    };
+    let inspect = |i: usize| inspect(&fizz, &cluster, members, i);
+    let remote_mask = |v: &serde_json::Value, addr: Ipv4Addr| remote_masks(v).get(&addr.to_string()).copied();
     let policy_drops = |v: &serde_json::Value| v["drops"]["policy-denied"]["packets"].as_u64().unwrap_or(0);
     let pinned_addr = pinned_running().iter().find_map(|r| r.addr).expect("a pinned replica has an address");
     wait_for("node 1 to know the networks of node 2's containers", Duration::from_secs(20), || {
@@ -268,6 +256,30 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
     assert!(ok, "{out}");
 }
 
+/// `fizz net inspect --json` of node `i` (0-based) of a dev cluster, run in its namespace;
+/// null when it fails.
+fn inspect(fizz: &std::path::Path, cluster: &DevCluster, members: &[DevNode], i: usize) -> serde_json::Value {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", members[i].netns))
+        .arg("--")
+        .arg(fizz)
+        .args(["net", "inspect", "--json", "--pin-dir"])
+        .arg(cluster.0.pin_dir.join(format!("node{}", i + 1)))
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// The other nodes' containers a node's datapath knows, with their network masks.
+fn remote_masks(v: &serde_json::Value) -> BTreeMap<String, u64> {
+    v["remote_endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["addr"].as_str()?.to_string(), e["net_mask"].as_u64()?)))
+        .collect()
+}
+
 /// The running replicas a node reports about itself: replica number → container id.
 fn own_replicas(ps: &PsResponse, node: &str) -> BTreeMap<u32, String> {
     ps.replicas
@@ -312,6 +324,13 @@ fn a_minority_starts_nothing_restarting_every_agent_recreates_nothing_and_remove
 
     // Every agent killed at once and started again: the state is on disk, the containers are
     // adopted, nothing is recreated.
+    // The other nodes' containers' networks, as node 1's datapath holds them: they outlive
+    // the agent (pinned), and a restarted agent keeps them until it knows the reports again.
+    wait_for("node 1 to know the replicas of nodes 2 and 3", Duration::from_secs(15), || {
+        remote_masks(&inspect(&fizz, &cluster, &members, 0)).len() == 2
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", remote_masks(&inspect(&fizz, &cluster, &members, 0))));
+    let known = remote_masks(&inspect(&fizz, &cluster, &members, 0));
     let pids: Vec<i32> = (1..=3)
         .map(|i| std::fs::read_to_string(cluster.0.run_dir.join(format!("node{i}.pid"))).unwrap().trim().parse().unwrap())
         .collect();
@@ -325,6 +344,12 @@ fn a_minority_starts_nothing_restarting_every_agent_recreates_nothing_and_remove
         unsafe { libc::waitpid(*pid, std::ptr::null_mut(), 0) };
     }
     dev::up(&cluster.0, 3, &fizz).unwrap();
+    // Before the restarted agents settle a majority view (3 s at least), none knows the
+    // others' reports: node 1's datapath must keep what it held.
+    for _ in 0..5 {
+        assert_eq!(remote_masks(&inspect(&fizz, &cluster, &members, 0)), known, "right after the restart");
+        std::thread::sleep(Duration::from_millis(300));
+    }
     wait_for("3 alive members after the restart", Duration::from_secs(30), alive_everywhere)
         .unwrap_or_else(|e| panic!("{e}: {:#?}", members.iter().map(|n| nodes(&rt, n)).collect::<Vec<_>>()));
     wait_for("every node reports its replica", Duration::from_secs(30), || members.iter().all(settled)).unwrap();

@@ -501,7 +501,7 @@ impl Agent {
         self.adopt(&containers, &masks);
         // What drains takes no new flows, and its name no longer resolves to it.
         let serving: Vec<ContainerInfo> = containers.iter().filter(|c| !self.updates.is_draining(&c.id)).cloned().collect();
-        self.sync_datapath(&containers, &serving, &masks);
+        self.sync_datapath(&containers, &serving, &masks, placed);
         let (services, clients) = reconcile::dns_entries(&self.desired, &serving, &self.remote);
         self.records.replace(Records::build(services, clients));
         self.report(&containers);
@@ -584,10 +584,21 @@ impl Agent {
 
     /// Writes the VIP table (backed by the containers that serve) and the
     /// networks of the other nodes' containers, and removes endpoints of
-    /// containers that are gone.
-    fn sync_datapath(&mut self, containers: &[ContainerInfo], serving: &[ContainerInfo], masks: &BTreeMap<(String, String), u64>) {
-        if let Err(e) = self.dp.set_remote_endpoints(&reconcile::remote_masks(&self.remote, masks)) {
-            eprintln!("fizz agent: the networks of other nodes' containers: {e}");
+    /// containers that are gone. While placement is unknown (`placed`
+    /// false: a restarted agent that has not rejoined) the other nodes'
+    /// reports are not known either, and the networks the datapath holds
+    /// (pinned, from before the restart) are kept.
+    fn sync_datapath(
+        &mut self,
+        containers: &[ContainerInfo],
+        serving: &[ContainerInfo],
+        masks: &BTreeMap<(String, String), u64>,
+        placed: bool,
+    ) {
+        if placed {
+            if let Err(e) = self.dp.set_remote_endpoints(&reconcile::remote_masks(&self.remote, masks)) {
+                eprintln!("fizz agent: the networks of other nodes' containers: {e}");
+            }
         }
         let table = reconcile::vip_table(&self.desired, serving, &self.remote);
         let wanted: BTreeSet<Frontend> = table.iter().map(|(s, _)| s.frontend).collect();
