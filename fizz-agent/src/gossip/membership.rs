@@ -53,8 +53,11 @@ const MAX_TRANSMISSIONS: u8 = 10;
 /// probes one other per period, in a shuffled round-robin, so the crashed one is soon hit by
 /// one of its n - 1 probers), is suspected at the end of that probe period, and declared down
 /// `suspect_to_down_after` later; the declaration then spreads with the periodic gossip in a
-/// few hundred milliseconds. With the defaults (1 s, 2 s), simulated clusters of 3 to 8 nodes
-/// see a crash everywhere after 3.0-6.6 s (median 3.8 s).
+/// few hundred milliseconds. In a period, no prober picks the crashed member with a chance of
+/// about 1/e whatever the size, so the wait for a first probe has a tail of a few periods,
+/// which the period's length sets. With the defaults (0.7 s, 2 s), `cargo xtask bench gossip`
+/// sees a crash everywhere after 3.1-4.5 s at 3 members and 3.0-5.1 s at 20 (medians 3.2 and
+/// 3.55 s, 30 runs each); a 1 s period measured 3.8-5.8 s and 3.4-7.8 s.
 ///
 /// The tradeoff is false positives. Under packet loss a probe fails only if the direct ping or
 /// ack is lost *and* every indirect path (4 packets each, through up to `indirect_probes`
@@ -62,9 +65,10 @@ const MAX_TRANSMISSIONS: u8 = 10;
 /// suspicion and refute it (the refutation rides on every packet it sends and is regossiped by
 /// whoever hears it, every 200 ms). Shorter timeouts detect crashes sooner but leave
 /// refutations less time, and a burst of loss longer than the timeout can still take a live
-/// member down. In the simulations, 2 s gave no false down in a minute at 10 % loss (3 to 16
-/// nodes), nor at 20-30 % loss, while a 3 s timeout would push the slowest detections past
-/// 7 s.
+/// member down. In the simulations, 2 s gave no false down in a minute at 10 % loss (3 to 20
+/// nodes). At 16 and 20 nodes, 20 % and 30 % loss took live members down in some runs with
+/// either period (10 seeded runs each: 0.7 s in 1 and 2 runs, 1 s in 0 and 3), while a 3 s
+/// timeout would push the slowest detections past 7 s.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tuning {
     /// How often each member probes another.
@@ -86,8 +90,8 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            probe_period: Duration::from_secs(1),
-            probe_rtt: Duration::from_millis(400),
+            probe_period: Duration::from_millis(700),
+            probe_rtt: Duration::from_millis(300),
             indirect_probes: 3,
             suspect_to_down_after: Duration::from_secs(2),
             gossip_period: Duration::from_millis(200),
