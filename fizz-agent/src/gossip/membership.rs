@@ -54,8 +54,8 @@ const MAX_TRANSMISSIONS: u8 = 10;
 /// one of its n - 1 probers), is suspected at the end of that probe period, and declared down
 /// `suspect_to_down_after` later; the declaration then spreads with the periodic gossip in a
 /// few hundred milliseconds. In a period, no prober picks the crashed member with a chance of
-/// about 1/e whatever the size, so the wait for a first probe has a tail of a few periods,
-/// which the period's length sets. With the defaults (0.7 s, 2 s), `cargo xtask bench gossip`
+/// about 1/e in clusters of more than a few members (1/4 at 3), so the wait for a first probe
+/// has a tail of a few periods, which the period's length sets. With the defaults (0.7 s, 2 s), `cargo xtask bench gossip`
 /// sees a crash everywhere after 3.1-4.5 s at 3 members and 3.0-5.1 s at 20 (medians 3.2 and
 /// 3.55 s, 30 runs each); a 1 s period measured 3.8-5.8 s and 3.4-7.8 s.
 ///
