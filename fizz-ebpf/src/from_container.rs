@@ -156,14 +156,9 @@ fn to_remote(ip: &Ipv4, dst_be: u32, translated: bool, check_policy: bool) -> Re
         return Ok((TC_ACT_OK as i32, v));
     };
     if check_policy {
-        if let Some(dst_mask) = remote_endpoint_mask(dst_be) {
-            if dst_mask != 0 {
-                if let Some(src) = local_endpoint(ip.src_be) {
-                    if !nat::networks_meet(src.net_mask, dst_mask) {
-                        return Err(drop_reason::POLICY);
-                    }
-                }
-            }
+        let dst_mask = remote_endpoint_mask(dst_be).unwrap_or(0);
+        if dst_mask != 0 && local_endpoint(ip.src_be).is_some_and(|src| !nat::networks_meet(src.net_mask, dst_mask)) {
+            return Err(drop_reason::POLICY);
         }
     }
     // SAFETY: a plain helper call; the kernel checks the ifindex.

@@ -83,12 +83,12 @@ fn try_from_wireguard(ctx: &TcContext) -> Result<(i32, Option<u32>), u32> {
             (!translated).then_some(verdict::FROM_TUNNEL_PASS),
         ));
     };
-    if setup && !translated && ep.net_mask != 0 {
-        if let Some(src_mask) = remote_endpoint_mask(ip.src_be) {
-            if !nat::networks_meet(src_mask, ep.net_mask) {
-                return Err(drop_reason::POLICY);
-            }
-        }
+    if setup
+        && !translated
+        && ep.net_mask != 0
+        && remote_endpoint_mask(ip.src_be).is_some_and(|src_mask| !nat::networks_meet(src_mask, ep.net_mask))
+    {
+        return Err(drop_reason::POLICY);
     }
     let ifindex = ep.ifindex;
     // SAFETY: a plain helper call; the kernel checks the ifindex.

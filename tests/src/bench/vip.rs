@@ -216,6 +216,17 @@ pub fn run(opts: &Options) -> Result<()> {
     bench.report(&out_dir, "vip")
 }
 
+/// The smallest and the largest of `values`.
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+/// How far from the midpoint of `min` and `max` either lies, in percent:
+/// every value between them is within ± that of the midpoint.
+fn spread_pct(min: f64, max: f64) -> f64 {
+    100.0 * (max - min) / (max + min)
+}
+
 /// Measurements of `mode` per scenario in each round.
 fn mode_repeats(mode: Mode) -> u32 {
     if mode == Mode::Stream {
@@ -420,10 +431,8 @@ impl Bench {
         let cells: Vec<String> = paths
             .iter()
             .filter_map(|&s| {
-                let r = self.scale_ratios(s)?;
-                let max = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let min = r.iter().copied().fold(f64::INFINITY, f64::min);
-                let spread = 100.0 * (max - min) / (max + min);
+                let (min, max) = min_max(&self.scale_ratios(s)?);
+                let spread = spread_pct(min, max);
                 Some(format!("{} ±{spread:.1}% {}", s.label(), verdict(spread <= 5.0)))
             })
             .collect();
@@ -442,7 +451,7 @@ impl Bench {
                         .iter()
                         .map(|&m| self.results.entry(&cost_key(Cost::Alone, n, m, s, idle), None).map(|e| e.median))
                         .collect::<Option<Vec<f64>>>()?;
-                    let worst = ns.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let (_, worst) = min_max(&ns);
                     let each: Vec<String> = Mode::ALL.iter().zip(&ns).map(|(m, v)| format!("{} {v:.0}", m.key())).collect();
                     Some(format!("{} {} ns {}", s.label(), each.join(" / "), verdict(worst <= 100.0)))
                 })
@@ -495,11 +504,9 @@ impl Bench {
                 scale_lines.extend(self.line(&key(s), &key(s), s.direct().map(key), label, Mode::Conn.label()));
             }
         }
-        let scale_ratios = |s: Scenario| self.scale_ratios(s);
         for s in [Scenario::FizzVip, Scenario::FizzVipNat, Scenario::IptablesVip] {
-            let Some(ratios) = scale_ratios(s) else { continue };
-            let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let Some(ratios) = self.scale_ratios(s) else { continue };
+            let (min, max) = min_max(&ratios);
             if min > 0.0 {
                 scale_lines.push(Line {
                     key: format!("scale/flatness/{}", s.key()),
@@ -513,11 +520,11 @@ impl Bench {
                     key: format!("scale/spread/{}", s.key()),
                     scenario: format!("{}, spread over 1-10,000 services", s.label()),
                     metric: "± around the midpoint".into(),
-                    entry: Entry::single(100.0 * (max - min) / (max + min), "%"),
+                    entry: Entry::single(spread_pct(min, max), "%"),
                 });
             }
         }
-        let points: Vec<plot::ScalePoint> = match (scale_ratios(Scenario::FizzVipNat), scale_ratios(Scenario::IptablesVip)) {
+        let points: Vec<plot::ScalePoint> = match (self.scale_ratios(Scenario::FizzVipNat), self.scale_ratios(Scenario::IptablesVip)) {
             (Some(fizz), Some(iptables)) => SCALES
                 .iter()
                 .zip(fizz.iter().zip(&iptables))

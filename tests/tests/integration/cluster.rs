@@ -211,15 +211,7 @@ fn nodes_form_a_cluster_see_failures_and_refuse_a_wrong_token() {
     // How fast is measured by the benchmarks, not asserted here.
     eprintln!("a killed node was down on the others after {:?}", killed.elapsed());
     let backends_on_node1 = || -> Vec<Ipv4Addr> {
-        let out = std::process::Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", members[0].netns))
-            .arg("--")
-            .arg(&fizz)
-            .args(["net", "inspect", "--json", "--pin-dir"])
-            .arg(cluster.0.pin_dir.join("node1"))
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let v = inspect(0);
         let mut addrs = Vec::new();
         for s in v["services"].as_array().into_iter().flatten() {
             for b in s["backends"].as_array().into_iter().flatten() {

@@ -331,13 +331,7 @@ impl Datapath {
     /// entries changed.
     pub fn set_remote_endpoints(&mut self, masks: &BTreeMap<Ipv4Addr, u64>) -> Result<usize, Error> {
         let key = |a: Ipv4Addr| EndpointKey { addr_be: u32::from(a).to_be() };
-        let have: BTreeMap<Ipv4Addr, u64> = self
-            .maps
-            .remote_endpoints
-            .entries()?
-            .into_iter()
-            .map(|(k, v)| (Ipv4Addr::from(u32::from_be(k.addr_be)), v.net_mask))
-            .collect();
+        let have = self.remote_endpoints()?;
         let mut changed = 0;
         for a in have.keys().filter(|a| !masks.contains_key(a)) {
             self.maps.remote_endpoints.remove(&key(*a))?;
