@@ -161,6 +161,48 @@ fn a_vip_with_nowhere_to_go_fails_at_once() {
         .unwrap();
 }
 
+#[test]
+fn nat_d_flows_keep_their_checksums_right_whether_the_sender_or_its_device_computes_them() {
+    require_root!();
+    let node = Node::new().unwrap();
+    let mut dp = node.datapath().unwrap();
+    // Clients not declared with their namespace: NAT'd per packet, the
+    // port rewritten too (80 → 8080). One client and one backend compute
+    // their checksums themselves (transmit offload off: complete checksums);
+    // the others leave them to the device, as sockets on a veth do.
+    let containers: Vec<Container> =
+        [2, 3, 11, 12].into_iter().map(|i| node.container(Ipv4Addr::new(10, 42, 0, i)).unwrap()).collect();
+    for c in &containers {
+        node.attach(&mut dp, &c.host_if).unwrap();
+        dp.set_endpoint(c.addr, fizz_common::Endpoint { netns_cookie: 0, ..c.endpoint() }).unwrap();
+    }
+    let (clients, backends) = containers.split_at(2);
+    for c in [&clients[0], &backends[0]] {
+        let out = c.ns.command("ethtool").args(["-K", "eth0", "tx", "off"]).output().unwrap();
+        assert!(out.status.success(), "ethtool: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dir = tempdir();
+    let _servers: Vec<Proc> = backends.iter().enumerate().map(|(i, c)| httpd(c, &format!("b{i}"), &dir.0)).collect();
+    for b in backends {
+        let addr = SocketAddr::from((b.addr, 8080));
+        clients[1]
+            .ns
+            .run(|| wait_for("httpd", Duration::from_secs(10), || http_get(addr).is_ok()))
+            .unwrap()
+            .unwrap();
+    }
+    dp.set_service(&spec(80, &backends.iter().collect::<Vec<_>>(), 8080)).unwrap();
+    // Round robin: each client's requests alternate between the backends,
+    // so every pairing of the two kinds of sender carries a flow both ways.
+    for (who, c) in [("complete checksums", &clients[0]), ("device-finished checksums", &clients[1])] {
+        let seen = count_backends(c, 20);
+        assert_eq!(seen.values().sum::<usize>(), 20, "{who}: {seen:?}");
+        assert_eq!(seen.len(), 2, "{who}: both backends answer: {seen:?}");
+    }
+    let snap = fizz::net::inspect::snapshot(node.pins.0.as_path()).unwrap();
+    assert!(snap.conntrack.iter().any(|f| f.backend == format!("{}:8080", backends[0].addr)), "NAT'd: {:?}", snap.conntrack);
+}
+
 /// A temporary directory removed on drop.
 struct TempDir(std::path::PathBuf);
 
