@@ -20,7 +20,15 @@ cgroup_before=$(cgroup_progs)
 cargo build --workspace --all-targets
 cargo test --workspace --all-targets 2>&1 | tee target/test.log
 
-leftovers=$( (ip netns list | grep -E '^fz[0-9a-z]+[A-Z]' || true; ls /sys/fs/bpf/fizz-test 2>/dev/null || true) )
+# Every test object's name starts with a unique test name (fizz_tests::unique):
+# namespaces, links left in this namespace (a local cluster's bridge), Docker
+# containers (labelled with their node), temporary directories.
+test_name='^fz[0-9a-z]+[A-Z]'
+leftovers=$( (ip netns list | grep -E "$test_name" || true
+              ip -o link show | awk -F': ' '{ sub(/@.*/, "", $2); print "link " $2 }' | grep -E "^link ${test_name#^}" || true
+              docker ps -a --format '{{.Label "fizz.node"}} (container {{.Names}})' 2>/dev/null | grep -E "$test_name" || true
+              find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'fz*' 2>/dev/null | grep -E "/${test_name#^}" || true
+              ls /sys/fs/bpf/fizz-test 2>/dev/null || true) )
 cgroup_after=$(cgroup_progs)
 if [ "$cgroup_after" -gt "$cgroup_before" ]; then
     leftovers="$leftovers
@@ -31,6 +39,6 @@ if [ -n "$leftovers" ]; then
     echo "$leftovers" >&2
     exit 1
 fi
-echo "no leftovers (namespaces, pins, cgroup programs)"
+echo "no leftovers (namespaces, links, containers, temporary directories, pins, cgroup programs)"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log

@@ -63,10 +63,12 @@ const COST_AT: [usize; 2] = [1, 10_000];
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Stream measurements per scenario in each round, interleaved like the
-/// rounds. A stream's throughput here swings by a quarter from one second to
-/// the next whatever the path (the program's share of a 64 KiB segment's
-/// time is tiny), so its ratio needs more pairs than the rates do.
-const STREAM_REPEATS: u32 = 3;
+/// rounds. A 1 s stream's throughput here varies by 13% (standard deviation)
+/// whatever the path (the program's share of a 64 KiB segment's time is
+/// tiny), and two streams measured one after the other hardly vary together,
+/// so a pair's ratio varies by 16%: with 15 pairs, the median of two equal
+/// paths' ratios falls below 0.95 one time in six; with 40, one in twenty.
+const STREAM_REPEATS: u32 = 8;
 
 /// The longest warm-up measurement.
 const WARM_UP: Duration = Duration::from_millis(300);
