@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-packages=(iproute2 iptables bpftool tcpdump busybox-static docker.io gnuplot-nox util-linux procps wireguard-tools)
+packages=(iproute2 iptables bpftool tcpdump busybox-static docker.io gnuplot-nox util-linux procps wireguard-tools ethtool)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
