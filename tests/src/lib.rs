@@ -414,6 +414,13 @@ impl Container {
             netns_cookie: self.netns_cookie,
         }
     }
+
+    /// Its entry without its namespace's cookie: connect-time balancing
+    /// does not know it, so its TCP to a VIP is NAT'd per packet, as a
+    /// client on another node or a host process is.
+    pub fn endpoint_nat_client(&self) -> Endpoint {
+        Endpoint { netns_cookie: 0, ..self.endpoint() }
+    }
 }
 
 /// The MAC of both ends of every container veth, as the agent plumbs them.

@@ -363,4 +363,3 @@ fn bad_configuration_is_refused() {
     let err = Membership::new(meta(0, "a b"), 1, key, Tuning::default(), [0; 32]).unwrap_err();
     assert!(err.to_string().contains("node name"), "{err}");
 }
-

@@ -12,7 +12,6 @@ use fizz::net::{
     service::{BackendAddr, Frontend, Proto, ServiceSpec},
     Datapath,
 };
-use fizz_common::Endpoint;
 use fizz_tests::{sh, Container, NetNs, Node};
 
 use super::{interrupt, load::Mode, proxy, servers::Background};
@@ -73,10 +72,7 @@ impl FizzNode {
         let client = node.container(FIZZ_CLIENT)?;
         let nat_client = node.container(FIZZ_NAT_CLIENT)?;
         let backend = node.container(FIZZ_BACKEND)?;
-        // The NAT client's endpoint has no namespace cookie: connect-time
-        // balancing does not know it.
-        let nat_endpoint = Endpoint { netns_cookie: 0, ..nat_client.endpoint() };
-        for (c, ep) in [(&client, client.endpoint()), (&nat_client, nat_endpoint), (&backend, backend.endpoint())] {
+        for (c, ep) in [(&client, client.endpoint()), (&nat_client, nat_client.endpoint_nat_client()), (&backend, backend.endpoint())] {
             node.attach(&mut dp, &c.host_if)?;
             dp.set_endpoint(c.addr, ep)?;
         }

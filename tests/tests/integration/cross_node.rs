@@ -555,8 +555,7 @@ fn a_vip_on_one_node_reaches_its_backend_on_the_other() {
     // then, with the namespace forgotten, NAT'd per packet at TC.
     for connect_time in [true, false] {
         if !connect_time {
-            let ep = fizz_common::Endpoint { netns_cookie: 0, ..p.a.c.endpoint() };
-            p.a.dp.set_endpoint(p.a.c.addr, ep).unwrap();
+            p.a.dp.set_endpoint(p.a.c.addr, p.a.c.endpoint_nat_client()).unwrap();
         }
         for i in 0..20 {
             let msg = format!("request {i}");

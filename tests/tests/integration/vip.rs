@@ -83,7 +83,7 @@ fn three_backends_share_requests_and_a_removed_backend_gets_none() {
     // connections are balanced per packet, at TC, with conntrack.
     let tc_client = node.container(Ipv4Addr::new(10, 42, 0, 3)).unwrap();
     node.attach(&mut dp, &tc_client.host_if).unwrap();
-    dp.set_endpoint(tc_client.addr, fizz_common::Endpoint { netns_cookie: 0, ..tc_client.endpoint() }).unwrap();
+    dp.set_endpoint(tc_client.addr, tc_client.endpoint_nat_client()).unwrap();
 
     let all: Vec<&Container> = backends.iter().collect();
     dp.set_service(&spec(80, &all, 8080)).unwrap();
@@ -174,7 +174,7 @@ fn nat_d_flows_keep_their_checksums_right_whether_the_sender_or_its_device_compu
         [2, 3, 11, 12].into_iter().map(|i| node.container(Ipv4Addr::new(10, 42, 0, i)).unwrap()).collect();
     for c in &containers {
         node.attach(&mut dp, &c.host_if).unwrap();
-        dp.set_endpoint(c.addr, fizz_common::Endpoint { netns_cookie: 0, ..c.endpoint() }).unwrap();
+        dp.set_endpoint(c.addr, c.endpoint_nat_client()).unwrap();
     }
     let (clients, backends) = containers.split_at(2);
     for c in [&clients[0], &backends[0]] {
