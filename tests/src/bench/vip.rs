@@ -484,13 +484,20 @@ impl Bench {
             for s in Scenario::ALL {
                 let direct = s.direct().map(key);
                 lines.extend(self.line(&key(s), &key(s), direct, s.label().into(), mode.label()));
-                if s == Scenario::FizzVip {
-                    // For transparency: the Fizz VIP against the kernel's direct path.
+                // For transparency, the Fizz node's paths against the
+                // kernel's direct path: a container-to-container redirect
+                // against the kernel's forwarding, and the VIP.
+                let against_kernel = match s {
+                    Scenario::Direct => Some(("direct_vs_direct_kernel", "fizz direct vs direct (kernel node)")),
+                    Scenario::FizzVip => Some(("fizz_vip_vs_direct_kernel", "fizz VIP vs direct (kernel node)")),
+                    _ => None,
+                };
+                if let Some((suffix, label)) = against_kernel {
                     lines.extend(self.line(
-                        &format!("{}/fizz_vip_vs_direct_kernel", mode.key()),
+                        &format!("{}/{suffix}", mode.key()),
                         &key(s),
                         Some(key(Scenario::DirectKernel)),
-                        "fizz VIP vs direct (kernel node)".into(),
+                        label.into(),
                         mode.label(),
                     ));
                 }
@@ -562,7 +569,10 @@ impl Bench {
         println!(
             "ratio = median over rounds (and the stream's passes in a round) of value / the direct path's value in \
              the same pass (Fizz VIP: the Fizz \
-             node's; iptables, proxy: the kernel node's)."
+             node's; iptables, proxy: the kernel node's). The rows \"vs direct (kernel node)\" compare the Fizz \
+             node's paths with the kernel node's direct path, measured in the same pass but not right after: two \
+             simulated nodes, so they show the datapaths and whatever else differs between the nodes (their \
+             conntrack, say)."
         );
         println!();
         print!("{}", report::table(&sections));
