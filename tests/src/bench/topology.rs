@@ -158,16 +158,27 @@ impl FizzNode {
 pub struct Floor(aya::Ebpf);
 
 impl Floor {
-    /// Its run-time statistics: (runs, run time).
-    pub fn stats(&self) -> Result<(u64, Duration)> {
-        let prog: &aya::programs::SchedClassifier = self
-            .0
+    fn program(&self) -> Result<&aya::programs::SchedClassifier> {
+        self.0
             .program(fizz_common::PROG_FLOOR)
             .context("no floor program")?
             .try_into()
-            .context("the floor program is no classifier")?;
-        let info = prog.info().context("reading the floor program's statistics")?;
+            .context("the floor program is no classifier")
+    }
+
+    /// Its run-time statistics: (runs, run time).
+    pub fn stats(&self) -> Result<(u64, Duration)> {
+        let info = self.program()?.info().context("reading the floor program's statistics")?;
         Ok((info.run_count(), info.run_time()))
+    }
+
+    /// The kernel's mean time per run, in ns, of `repeat` test runs of the
+    /// floor program over a minimal frame (`BPF_PROG_TEST_RUN`, no traffic).
+    pub fn test_run_ns(&self, repeat: u32) -> Result<u32> {
+        let frame = [0u8; 64];
+        let (_, ns) = fizz::net::ebpf::test_run::test_run_repeat(self.program()?, &frame, repeat)
+            .context("test-running the floor program")?;
+        Ok(ns)
     }
 }
 

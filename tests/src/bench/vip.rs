@@ -229,6 +229,11 @@ fn spread_pct(min: f64, max: f64) -> f64 {
     100.0 * (max - min) / (max + min)
 }
 
+/// Test runs per measurement of what the run-time statistics cost.
+const STATISTICS_REPEAT: u32 = 1_000_000;
+const STATISTICS_OFF: &str = "cost/statistics_off";
+const STATISTICS_ON: &str = "cost/statistics_on";
+
 /// Measurements of `mode` per scenario in each round.
 fn mode_repeats(mode: Mode) -> u32 {
     if mode == Mode::Stream {
@@ -357,6 +362,7 @@ impl Bench {
     /// go idle between packets and kept out of idle (`host::NoIdle`), in turn.
     fn program_cost(&mut self, n: usize) -> Result<()> {
         eprintln!("program cost with {}", services(n));
+        self.statistics_cost()?;
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
         for _ in 0..self.rounds {
             for idle in [Idle::Allowed, Idle::Kept] {
@@ -368,6 +374,23 @@ impl Bench {
                 let floor = self.fizz.attach_floor()?;
                 self.program_cost_round(Some(&floor), n, idle)?;
             }
+        }
+        Ok(())
+    }
+
+    /// What the run-time statistics themselves cost a run: the empty program
+    /// test-run with them off, then on, in turn (each time the kernel's own
+    /// mean over `STATISTICS_REPEAT` runs).
+    fn statistics_cost(&mut self) -> Result<()> {
+        let floor = self.fizz.attach_floor()?;
+        for _ in 0..self.rounds {
+            let off = floor.test_run_ns(STATISTICS_REPEAT)?;
+            let on = {
+                let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
+                floor.test_run_ns(STATISTICS_REPEAT)?
+            };
+            self.results.push(STATISTICS_OFF, "ns/run", f64::from(off));
+            self.results.push(STATISTICS_ON, "ns/run", f64::from(on));
         }
         Ok(())
     }
@@ -558,6 +581,14 @@ impl Bench {
             }
             sections.push(cost);
         }
+        let mut statistics = Vec::new();
+        for (key, label) in [
+            (STATISTICS_OFF, "empty program, test runs, run-time statistics off"),
+            (STATISTICS_ON, "empty program, test runs, run-time statistics on"),
+        ] {
+            statistics.extend(self.line(key, key, None, label.into(), "time per run, BPF_PROG_TEST_RUN"));
+        }
+        sections.push(statistics);
 
         println!(
             "\nService VIP benchmark: median of {} interleaved rounds of {} s per measurement ({} measurements \
@@ -609,7 +640,9 @@ impl Bench {
              hook. Then the floor: fz_floor, a program that does nothing, attached in front of the Fizz program \
              on the same veths, measured on the same packets: what running any program costs here (dispatch, \
              the statistics' clock reads, the first touch of the packet's metadata), which the Fizz program \
-             behind it no longer pays."
+             behind it no longer pays. The statistics' own cost: the empty program test-run {STATISTICS_REPEAT} \
+             times with them off, then on (the kernel's mean per run; the difference is what they add to every \
+             run, part of it inside the time they record)."
         );
         if let Some((peak, max)) = self.conntrack_peak {
             let note = if peak * 100 >= max * 95 {
