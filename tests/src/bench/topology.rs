@@ -89,25 +89,26 @@ impl FizzNode {
         &self.node.name
     }
 
-    /// Attaches `fz_floor`, the program that does nothing, in front of
-    /// `from_container` on every container's veth (it passes every packet
-    /// on, so traffic takes the same path). Detached when the returned
-    /// object is dropped.
+    /// Loads `fz_floor`, the program that does nothing, without attaching
+    /// it: enough for test runs.
+    pub fn load_floor(&self) -> Result<Floor> {
+        Ok(Floor(fizz::net::ebpf::load_floor(&self.node.pins.0).context("loading the floor program")?))
+    }
+
+    /// Attaches `fz_floor` in front of `from_container` on every container's
+    /// veth (it passes every packet on, so traffic takes the same path).
+    /// Detached when the returned object is dropped.
     pub fn attach_floor(&self) -> Result<Floor> {
-        use aya::programs::{links::LinkOrder, tc::TcAttachOptions, SchedClassifier, TcAttachType};
-        let mut ebpf = fizz::net::ebpf::load_floor(&self.node.pins.0).context("loading the floor program")?;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(fizz_common::PROG_FLOOR)
-            .context("no floor program in the object")?
-            .try_into()
-            .context("the floor program is no classifier")?;
+        use aya::programs::{links::LinkOrder, tc::TcAttachOptions, TcAttachType};
+        let mut floor = self.load_floor()?;
+        let prog = floor.program_mut()?;
         for ifname in [&self.client.host_if, &self.nat_client.host_if, &self._backend.host_if] {
             self.node
                 .ns
                 .run(|| prog.attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::first())))?
                 .with_context(|| format!("attaching the floor program to {ifname}"))?;
         }
-        Ok(Floor(ebpf))
+        Ok(floor)
     }
 
     /// `from_container`'s (runs, run time) so far, from the kernel's BPF
@@ -154,14 +155,22 @@ impl FizzNode {
     }
 }
 
-/// The floor program, attached; dropping it detaches it.
+/// The floor program, loaded and maybe attached; dropping it detaches it.
 pub struct Floor(aya::Ebpf);
 
 impl Floor {
     fn program(&self) -> Result<&aya::programs::SchedClassifier> {
         self.0
             .program(fizz_common::PROG_FLOOR)
-            .context("no floor program")?
+            .context("no floor program in the object")?
+            .try_into()
+            .context("the floor program is no classifier")
+    }
+
+    fn program_mut(&mut self) -> Result<&mut aya::programs::SchedClassifier> {
+        self.0
+            .program_mut(fizz_common::PROG_FLOOR)
+            .context("no floor program in the object")?
             .try_into()
             .context("the floor program is no classifier")
     }

@@ -382,7 +382,7 @@ impl Bench {
     /// test-run with them off, then on, in turn (each time the kernel's own
     /// mean over `STATISTICS_REPEAT` runs).
     fn statistics_cost(&mut self) -> Result<()> {
-        let floor = self.fizz.attach_floor()?;
+        let floor = self.fizz.load_floor()?;
         for _ in 0..self.rounds {
             let off = floor.test_run_ns(STATISTICS_REPEAT)?;
             let on = {
