@@ -70,6 +70,15 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// paths' ratios falls below 0.95 one time in six; with 40, one in twenty.
 const STREAM_REPEATS: u32 = 8;
 
+/// Connection-rate measurements per scenario in each round, here and in the
+/// scale runs, interleaved like the rounds. A 1 s connection rate here
+/// varies by about 9% from one pair of runs to the next (the ratio of 20
+/// pairs of the direct and NAT'd paths ranged from 0.78 to 1.11): the
+/// median of 5 pairs then moves by about 5% between runs of the benchmark,
+/// the size of the margin it is read against; the median of 20, by about
+/// half that.
+const CONN_REPEATS: u32 = 4;
+
 /// The longest warm-up measurement.
 const WARM_UP: Duration = Duration::from_millis(300);
 
@@ -236,10 +245,10 @@ const STATISTICS_ON: &str = "cost/statistics_on";
 
 /// Measurements of `mode` per scenario in each round.
 fn mode_repeats(mode: Mode) -> u32 {
-    if mode == Mode::Stream {
-        STREAM_REPEATS
-    } else {
-        1
+    match mode {
+        Mode::Stream => STREAM_REPEATS,
+        Mode::Conn => CONN_REPEATS,
+        Mode::Rr => 1,
     }
 }
 
@@ -336,8 +345,10 @@ impl Bench {
             self.kernel.set_services(n)?;
             for r in 1..=self.rounds {
                 eprintln!("scale {n}, round {r}/{}", self.rounds);
-                for s in SCALED {
-                    self.record(&format!("scale/{n}/{}", s.key()), s, Mode::Conn)?;
+                for _ in 0..CONN_REPEATS {
+                    for s in SCALED {
+                        self.record(&format!("scale/{n}/{}", s.key()), s, Mode::Conn)?;
+                    }
                 }
             }
             if COST_AT.contains(&n) {
@@ -592,13 +603,14 @@ impl Bench {
 
         println!(
             "\nService VIP benchmark: median of {} interleaved rounds of {} s per measurement ({} measurements \
-             per scenario and round for the stream).",
+             per scenario and round for the connection rate, here and at each service count; {} for the stream).",
             self.rounds,
             self.dur.as_secs_f64(),
+            CONN_REPEATS,
             STREAM_REPEATS
         );
         println!(
-            "ratio = median over rounds (and the stream's passes in a round) of value / the direct path's value in \
+            "ratio = median over rounds (and a round's passes) of value / the direct path's value in \
              the same pass (Fizz VIP: the Fizz \
              node's; iptables, proxy: the kernel node's). The rows \"vs direct (kernel node)\" compare the Fizz \
              node's paths with the kernel node's direct path, measured in the same pass but not right after: two \
