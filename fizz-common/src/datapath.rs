@@ -60,6 +60,14 @@ pub mod map_names {
     /// balanced at connect time (`packets` counts connections, `bytes` is 0;
     /// their packets are not NAT'd, so they are not in `BACKEND_STATS`).
     pub const SOCK_CONNECTS: &str = "FZ_SOCK_CONNECTS";
+    /// `SockDgramKey` (a socket, a VIP and port) → `SockPick` (LRU): the
+    /// backend that an unconnected UDP socket's datagrams to that VIP go
+    /// to, picked at its first `sendmsg` and kept while the backend stays.
+    pub const SOCK_PICKS: &str = "FZ_SOCK_PICKS";
+    /// `SockDgramKey` (a socket, a backend address and port) → `SockPeer`
+    /// (LRU): the VIP that `recvmsg` reports as the source of datagrams from
+    /// that backend, on that socket.
+    pub const SOCK_REPLIES: &str = "FZ_SOCK_REPLIES";
     /// The NAT-client flags of datapaths before `LOCAL_SLOTS` held them (an
     /// array of `ADDR_SLOTS` `u32`): unpinned when a datapath opens.
     pub const NAT_CLIENTS: &str = "FZ_NAT_CLIENTS";
@@ -113,6 +121,15 @@ pub const PROG_SOCK_CONNECT4: &str = "fz_connect4";
 /// time reports the VIP as its peer.
 pub const PROG_SOCK_GETPEERNAME4: &str = "fz_getpeername4";
 
+/// Name of the `cgroup/sendmsg4` program: a datagram that an unconnected
+/// UDP socket of a container of this node sends to a VIP goes to the backend
+/// the socket was given for it, so its packets need no NAT.
+pub const PROG_SOCK_SENDMSG4: &str = "fz_sendmsg4";
+
+/// Name of the `cgroup/recvmsg4` program: a datagram from a backend that
+/// `fz_sendmsg4` gave a socket is reported as coming from the VIP.
+pub const PROG_SOCK_RECVMSG4: &str = "fz_recvmsg4";
+
 /// Capacities of the maps. The agent checks its inputs against these before
 /// writing, so a full map is an error at the API, not a silent drop.
 pub const MAX_SERVICES: u32 = 65_536;
@@ -137,6 +154,9 @@ pub const MAX_VIPS: u32 = 65_536;
 pub const MAX_CONNTRACK: u32 = 262_144;
 /// Local endpoints (containers) per node.
 pub const MAX_ENDPOINTS: u32 = 4_096;
+/// Pairs of an unconnected UDP socket and a VIP it sends to (`SOCK_PICKS`,
+/// and as many in `SOCK_REPLIES`); the least recently used go first.
+pub const MAX_SOCK_PICKS: u32 = 65_536;
 /// Containers of other nodes whose networks are known here.
 pub const MAX_REMOTE_ENDPOINTS: u32 = 65_536;
 /// Remote container ranges (one per other node).
@@ -457,6 +477,42 @@ pub struct SockPeer {
 }
 assert_size!(SockPeer, 8);
 
+/// Key of `FZ_SOCK_PICKS` and `FZ_SOCK_REPLIES`: a socket (its cookie) and
+/// an address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockDgramKey {
+    pub sock: u64,
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+assert_size!(SockDgramKey, 16);
+
+impl SockDgramKey {
+    #[inline(always)]
+    pub fn new(sock: u64, addr_be: u32, port_be: u16) -> SockDgramKey {
+        SockDgramKey { sock, addr_be, port_be, _pad: 0 }
+    }
+}
+
+/// Value of `FZ_SOCK_PICKS`: the backend a socket's datagrams to a VIP go
+/// to, and where it was found (`svc_id`, `slot`), so that each datagram can
+/// check that the service still has it there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockPick {
+    pub svc_id: u32,
+    pub slot: u32,
+    /// `Backend::id` and `Backend::addr_be` as found in the slot.
+    pub backend_id: u32,
+    pub addr_be: u32,
+    /// The port datagrams go to (the VIP's own when the backend's is 0).
+    pub port_be: u16,
+    pub _pad: u16,
+}
+assert_size!(SockPick, 20);
+
 /// The data half of a `FZ_REMOTES` key. The map's key is the LPM trie key
 /// `{ prefix_len: u32, data: RemoteAddr }` (8 bytes), `prefix_len` counting
 /// the leading bits of `addr_be` that match.
@@ -643,6 +699,10 @@ mod pod {
     unsafe impl aya::Pod for SockClient {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SockPeer {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockDgramKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockPick {}
     // SAFETY: as above.
     unsafe impl aya::Pod for LocalSlot {}
 }

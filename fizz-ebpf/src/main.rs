@@ -9,9 +9,10 @@
 //! containers into the WireGuard device. `from_wireguard` runs at TC ingress
 //! of that (layer-3) device: it reverses the NAT of replies to flows this
 //! node translated, and hands packets for local containers to their veth.
-//! `sock` holds two programs on the root cgroup: TCP connects to a VIP from
-//! this node's containers are pointed at a backend at `connect()` time, so
-//! those flows never need NAT at TC (and `getpeername` still shows the VIP).
+//! `sock` holds four programs on the root cgroup: TCP connects to a VIP from
+//! this node's containers are pointed at a backend at `connect()` time, and
+//! datagrams of unconnected UDP sockets at `sendmsg()` time, so those flows
+//! never need NAT at TC (and `getpeername`, `recvmsg` still show the VIP).
 //!
 //! Every path returns an explicit TC verdict and bumps a counter: verdicts in
 //! `FZ_CPU_VERDICTS`, drops by reason in `FZ_DROPS`.

@@ -13,7 +13,7 @@ use fizz_common::{
     SvcValue, VipKey, VipValue, MAX_BACKENDS, MAX_BACKEND_IDS, MAX_CONNTRACK, MAX_ENDPOINTS,
     MAX_SERVICES, MAX_VIPS, drop_reason, verdict, Remote, RemoteAddr, MAX_REMOTES, SockClient,
     SockPeer, ADDR_SLOTS, addr_slot, LocalSlot, MAX_CPUS, VERDICT_STRIDE, RemoteEndpoint,
-    MAX_REMOTE_ENDPOINTS,
+    MAX_REMOTE_ENDPOINTS, SockDgramKey, SockPick, MAX_SOCK_PICKS,
 };
 
 #[map(name = "FZ_SERVICES")]
@@ -59,6 +59,12 @@ pub static SOCK_CLIENTS: HashMap<u64, SockClient> = HashMap::pinned(MAX_ENDPOINT
 
 #[map(name = "FZ_SOCK_PEERS")]
 pub static SOCK_PEERS: LruHashMap<u64, SockPeer> = LruHashMap::pinned(MAX_CONNTRACK, 0);
+
+#[map(name = "FZ_SOCK_PICKS")]
+pub static SOCK_PICKS: LruHashMap<SockDgramKey, SockPick> = LruHashMap::pinned(MAX_SOCK_PICKS, 0);
+
+#[map(name = "FZ_SOCK_REPLIES")]
+pub static SOCK_REPLIES: LruHashMap<SockDgramKey, SockPeer> = LruHashMap::pinned(MAX_SOCK_PICKS, 0);
 
 #[map(name = "FZ_SOCK_CONNECTS")]
 pub static SOCK_CONNECTS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_BACKEND_IDS, 0);

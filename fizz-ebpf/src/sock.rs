@@ -1,5 +1,5 @@
-//! `fz_connect4` and `fz_getpeername4`: service load-balancing at connect
-//! time, on the root cgroup.
+//! `fz_connect4`, `fz_getpeername4`, `fz_sendmsg4` and `fz_recvmsg4`:
+//! service load-balancing at the socket, on the root cgroup.
 //!
 //! A TCP `connect()` to a VIP from a container of this node is pointed at a
 //! backend before the SYN leaves: the flow then runs between the two
@@ -7,13 +7,24 @@
 //! the direct path at TC (no conntrack entry, no rewrite, no checksum
 //! update). `getpeername()` on such a socket reports the VIP it asked for.
 //!
+//! A datagram that an unconnected UDP socket sends to a VIP (`sendto`) goes
+//! likewise to a backend: the one picked at the socket's first datagram to
+//! that VIP and port (`SOCK_PICKS`), as long as the service still has it in
+//! the slot it was found in; else a new one is picked. `recvmsg()` reports
+//! datagrams from that backend as coming from the VIP (`SOCK_REPLIES`), so
+//! a client that checks who answered (as DNS resolvers do) sees the address
+//! it asked. A connected UDP socket is not balanced here: it has no end the
+//! way a TCP connection does, and would keep sending to a backend after its
+//! removal; its datagrams are NAT'd at TC, whose flows are purged then.
+//!
 //! Only sockets in a network namespace this node registered (`SOCK_CLIENTS`)
 //! are touched: several nodes of a local cluster share one kernel and one
-//! cgroup tree, and each balances only its own containers' connects. Every
-//! case this does not handle (UDP, no service, no backend, a network that
-//! may not reach the service) leaves the address alone, and the TC program
-//! treats the SYN as it always did: NAT, reset, or policy drop. So neither
-//! program ever refuses a call.
+//! cgroup tree, and each balances only its own containers' sockets. Every
+//! case this does not handle (connected UDP, no service, no backend, a
+//! network that may not reach the service, a full map) leaves the address
+//! alone, and the TC program treats the packet as it always did: NAT, reset
+//! or ICMP unreachable, or policy drop. So no program here ever refuses a
+//! call.
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
@@ -21,10 +32,10 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext as _,
 };
-use fizz_common::{BackendKey, SockPeer, IPPROTO_TCP};
+use fizz_common::{Backend, BackendKey, SockDgramKey, SockPeer, SockPick, SvcValue, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    maps::{count, is_vip_range, BACKENDS, SOCK_CLIENTS, SOCK_CONNECTS, SOCK_PEERS},
+    maps::{count, is_vip_range, BACKENDS, SOCK_CLIENTS, SOCK_CONNECTS, SOCK_PEERS, SOCK_PICKS, SOCK_REPLIES},
     nat,
 };
 
@@ -53,42 +64,103 @@ pub fn fz_getpeername4(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
+#[cgroup_sock_addr(sendmsg4)]
+pub fn fz_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sendmsg4(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn fz_recvmsg4(ctx: SockAddrContext) -> i32 {
+    let (src_be, port_be) = address(&ctx);
+    // SAFETY: a plain helper call on this program's context.
+    let sock = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(peer) = SOCK_REPLIES.get_ptr(&SockDgramKey::new(sock, src_be, port_be)) {
+        // SAFETY: as in `fz_getpeername4`.
+        unsafe {
+            let peer = *peer;
+            (*ctx.sock_addr).user_ip4 = peer.vip_be;
+            (*ctx.sock_addr).user_port = u32::from(peer.port_be);
+        }
+    }
+    ALLOW
+}
+
+/// The address and port in the context (the destination of a connect or a
+/// datagram sent, the source of one received).
 #[inline(always)]
-fn connect4(ctx: &SockAddrContext) {
+fn address(ctx: &SockAddrContext) -> (u32, u16) {
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is this program's context. The reads are volatile so
     // that they stay 4 bytes wide, as the verifier requires of these fields.
-    let (protocol, dst_be, port_be) = unsafe {
-        (
-            core::ptr::read_volatile(&(*sa).protocol),
-            core::ptr::read_volatile(&(*sa).user_ip4),
-            core::ptr::read_volatile(&(*sa).user_port) as u16,
-        )
-    };
-    if protocol != u32::from(IPPROTO_TCP) || !is_vip_range(dst_be) {
-        return;
+    unsafe { (core::ptr::read_volatile(&(*sa).user_ip4), core::ptr::read_volatile(&(*sa).user_port) as u16) }
+}
+
+/// Points the context at `addr_be:port_be`.
+#[inline(always)]
+fn redirect(ctx: &SockAddrContext, addr_be: u32, port_be: u16) {
+    // SAFETY: the context fields are writable in these hooks (4-byte stores).
+    unsafe {
+        (*ctx.sock_addr).user_ip4 = addr_be;
+        (*ctx.sock_addr).user_port = u32::from(port_be);
+    }
+}
+
+/// The service at `dst_be:port_be/proto` when this node balances the
+/// calling socket's traffic to it: a VIP, from a container this node
+/// registered, to a service with backends on a network the container is on.
+#[inline(always)]
+fn balanced_service(ctx: &SockAddrContext, dst_be: u32, port_be: u16, proto: u8) -> Option<SvcValue> {
+    if !is_vip_range(dst_be) {
+        return None;
     }
     // SAFETY: a plain helper call on this program's context.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let Some(client) = SOCK_CLIENTS.get_ptr(&netns) else {
-        return;
-    };
+    let client = SOCK_CLIENTS.get_ptr(&netns)?;
     // SAFETY: the pointer comes from a successful lookup and is only read.
     let client_mask = unsafe { (*client).net_mask };
-    let Some(svc) = nat::service(dst_be, port_be, IPPROTO_TCP) else {
-        return;
-    };
+    let svc = nat::service(dst_be, port_be, proto)?;
     if svc.count == 0 || !nat::networks_meet(svc.net_mask, client_mask) {
+        return None;
+    }
+    Some(svc)
+}
+
+/// A backend for a new flow of `svc`, and its slot.
+#[inline(always)]
+fn pick(svc: &SvcValue) -> Option<(u32, Backend)> {
+    let slot = nat::next_slot(svc.id, svc.count);
+    let backend = BACKENDS.get_ptr(BackendKey { svc_id: svc.id, slot })?;
+    // SAFETY: the pointer comes from a successful lookup and is only read.
+    Some((slot, unsafe { *backend }))
+}
+
+/// The port a backend is reached on: its own, or when that is 0, the one
+/// the client asked for.
+#[inline(always)]
+fn backend_port(backend: &Backend, asked_be: u16) -> u16 {
+    if backend.port_be == 0 {
+        asked_be
+    } else {
+        backend.port_be
+    }
+}
+
+#[inline(always)]
+fn connect4(ctx: &SockAddrContext) {
+    // SAFETY: `sock_addr` is this program's context; a volatile read keeps
+    // the field's access 4 bytes wide.
+    let protocol = unsafe { core::ptr::read_volatile(&(*ctx.sock_addr).protocol) };
+    if protocol != u32::from(IPPROTO_TCP) {
         return;
     }
-    let slot = nat::next_slot(svc.id, svc.count);
-    let Some(backend) = BACKENDS.get_ptr(BackendKey { svc_id: svc.id, slot }) else {
+    let (dst_be, port_be) = address(ctx);
+    let Some(svc) = balanced_service(ctx, dst_be, port_be, IPPROTO_TCP) else {
         return;
     };
-    // SAFETY: as above.
-    let backend = unsafe { *backend };
-    // Port 0: the backend listens on the port the client asked for.
-    let backend_port = if backend.port_be == 0 { port_be } else { backend.port_be };
+    let Some((_, backend)) = pick(&svc) else {
+        return;
+    };
     // SAFETY: a plain helper call on this program's context.
     let sock = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if SOCK_PEERS.insert(&sock, &SockPeer { vip_be: dst_be, port_be, _pad: 0 }, 0).is_err() {
@@ -96,10 +168,55 @@ fn connect4(ctx: &SockAddrContext) {
         // this one to the TC path.
         return;
     }
-    // SAFETY: the context fields are writable in this hook (4-byte stores).
-    unsafe {
-        (*sa).user_ip4 = backend.addr_be;
-        (*sa).user_port = u32::from(backend_port);
-    }
+    redirect(ctx, backend.addr_be, backend_port(&backend, port_be));
     count(&SOCK_CONNECTS, backend.id, 0);
+}
+
+#[inline(always)]
+fn sendmsg4(ctx: &SockAddrContext) {
+    let (dst_be, port_be) = address(ctx);
+    let Some(svc) = balanced_service(ctx, dst_be, port_be, IPPROTO_UDP) else {
+        return;
+    };
+    // SAFETY: a plain helper call on this program's context.
+    let sock = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = SockDgramKey::new(sock, dst_be, port_be);
+    if let Some(p) = SOCK_PICKS.get_ptr(&key) {
+        // SAFETY: the pointer comes from a successful lookup and is only read.
+        let p = unsafe { *p };
+        if still_there(&p, &svc) {
+            redirect(ctx, p.addr_be, p.port_be);
+            return;
+        }
+    }
+    let Some((slot, backend)) = pick(&svc) else {
+        return;
+    };
+    let to_port_be = backend_port(&backend, port_be);
+    // The reply entry first: a datagram from the backend is never seen
+    // without it. Either insert failing leaves the datagram to the TC path.
+    let reply = SockDgramKey::new(sock, backend.addr_be, to_port_be);
+    if SOCK_REPLIES.insert(&reply, &SockPeer { vip_be: dst_be, port_be, _pad: 0 }, 0).is_err() {
+        return;
+    }
+    let p = SockPick { svc_id: svc.id, slot, backend_id: backend.id, addr_be: backend.addr_be, port_be: to_port_be, _pad: 0 };
+    if SOCK_PICKS.insert(&key, &p, 0).is_err() {
+        return;
+    }
+    redirect(ctx, backend.addr_be, to_port_be);
+    count(&SOCK_CONNECTS, backend.id, 0);
+}
+
+/// Whether a socket's pick is still the backend in its slot of the service
+/// (a removed backend's slot is emptied or given to another backend).
+#[inline(always)]
+fn still_there(p: &SockPick, svc: &SvcValue) -> bool {
+    if p.svc_id != svc.id || p.slot >= svc.count {
+        return false;
+    }
+    match BACKENDS.get_ptr(BackendKey { svc_id: svc.id, slot: p.slot }) {
+        // SAFETY: the pointer comes from a successful lookup and is only read.
+        Some(b) => unsafe { (*b).id == p.backend_id && (*b).addr_be == p.addr_be },
+        None => false,
+    }
 }

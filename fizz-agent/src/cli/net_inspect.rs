@@ -64,8 +64,9 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
     out += &format!("services ({})\n{t}\n", s.services.len());
-    out += "CONNECTS: TCP connections balanced at connect time (no NAT: their packets take the direct path); \
-            FLOWS, PACKETS, BYTES: flows NAT'd per packet (UDP, and clients outside this node's containers).\n\n";
+    out += "CONNECTS: flows balanced at the socket, TCP connections at connect time and unconnected UDP sockets at \
+            their first datagram (no NAT: their packets take the direct path); FLOWS, PACKETS, BYTES: flows NAT'd \
+            per packet (connected UDP, and clients outside this node's containers).\n\n";
 
     let mut t = table(&["ENDPOINT", "INTERFACE", "MAC", "NETWORKS"]);
     for e in &s.endpoints {

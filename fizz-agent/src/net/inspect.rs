@@ -76,8 +76,9 @@ pub struct ServiceView {
     /// Packets and bytes of flows NAT'd per packet (at TC).
     pub packets: u64,
     pub bytes: u64,
-    /// TCP connections balanced at connect time (their packets take the
-    /// direct path and are not counted above).
+    /// Flows balanced at the socket: TCP connections at connect time, and
+    /// unconnected UDP sockets' first datagram to the VIP (their packets
+    /// take the direct path and are not counted above).
     pub connects: u64,
     pub backends: Vec<BackendView>,
 }
@@ -89,7 +90,7 @@ pub struct BackendView {
     pub id: u32,
     pub packets: u64,
     pub bytes: u64,
-    /// Connections balanced to it at connect time.
+    /// Flows balanced to it at the socket (as `ServiceView::connects`).
     pub connects: u64,
     /// Conntrack flows through this backend now.
     pub flows: u64,

@@ -294,6 +294,28 @@ fn udp_pings(c: &Container, to: SocketAddr, n: u32) -> u32 {
     .unwrap()
 }
 
+/// Like `udp_pings`, from an unconnected socket: counts the answers that
+/// echo the datagram and come from `to`.
+fn udp_unconnected_pings(c: &Container, to: SocketAddr, n: u32) -> u32 {
+    c.ns.run(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut ok = 0;
+        for i in 0..n {
+            let msg = format!("ping {i}");
+            if s.send_to(msg.as_bytes(), to).is_err() {
+                continue;
+            }
+            let mut buf = [0u8; 64];
+            if let Ok((k, from)) = s.recv_from(&mut buf) {
+                ok += u32::from(&buf[..k] == msg.as_bytes() && from == to);
+            }
+        }
+        ok
+    })
+    .unwrap()
+}
+
 /// Sends `total` bytes (a repeated pattern of `chunk`) to the sink at `to`
 /// from inside `c`; returns the count the sink reports and the seconds taken.
 fn send_to_sink(
@@ -562,6 +584,10 @@ fn a_vip_on_one_node_reaches_its_backend_on_the_other() {
             let (echo, peer) = tcp_echo(&p.a.c, vip, msg.as_bytes()).unwrap();
             assert_eq!((echo, peer), (msg.into_bytes(), vip), "connect-time: {connect_time}");
         }
+        // An unconnected UDP socket: its datagrams are sent to the backend
+        // (declared namespace) or NAT'd; either way the answers are
+        // reported from the VIP.
+        assert_eq!(udp_unconnected_pings(&p.a.c, vip, 10), 10, "connect-time: {connect_time}");
     }
     // A connected UDP socket accepts answers from the VIP only.
     assert_eq!(udp_pings(&p.a.c, vip, 20), 20);
@@ -569,6 +595,8 @@ fn a_vip_on_one_node_reaches_its_backend_on_the_other() {
     let snap = fizz::net::inspect::snapshot(p.a.node.pins.0.as_path()).unwrap();
     let tcp = snap.services.iter().find(|s| s.frontend.proto == Proto::Tcp).unwrap();
     assert_eq!(tcp.connects, 20, "{tcp:?}");
+    let udp = snap.services.iter().find(|s| s.frontend.proto == Proto::Udp).unwrap();
+    assert_eq!(udp.connects, 1, "the declared client's unconnected socket: {udp:?}");
     assert!(
         snap.services.iter().all(|s| s.packets > 0),
         "{:?}",

@@ -5,6 +5,11 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -201,6 +206,153 @@ fn nat_d_flows_keep_their_checksums_right_whether_the_sender_or_its_device_compu
     }
     let snap = fizz::net::inspect::snapshot(node.pins.0.as_path()).unwrap();
     assert!(snap.conntrack.iter().any(|f| f.backend == format!("{}:8080", backends[0].addr)), "NAT'd: {:?}", snap.conntrack);
+}
+
+/// A UDP server in a container that answers every datagram with its name.
+/// Stopped and joined on drop.
+struct NameServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NameServer {
+    fn start(c: &Container, port: u16, name: &str) -> NameServer {
+        // A socket belongs to the namespace it is made in, whatever thread
+        // serves it.
+        let socket = c.ns.run(move || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).unwrap()).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop2, name) = (stop.clone(), name.to_string());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(name.as_bytes(), from);
+                }
+            }
+        });
+        NameServer { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends one datagram from `socket` to `to` and returns the answer and
+/// where `recv_from` says it came from.
+fn ask(socket: &UdpSocket, to: SocketAddr) -> (String, SocketAddr) {
+    socket.send_to(b"?", to).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = socket.recv_from(&mut buf).unwrap_or_else(|e| panic!("no answer from {to}: {e}"));
+    (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
+}
+
+#[test]
+fn unconnected_udp_to_a_vip_is_balanced_at_the_socket_and_answered_from_the_vip() {
+    require_root!();
+    let node = Node::new().unwrap();
+    let mut dp = node.datapath().unwrap();
+    let client = node.container(Ipv4Addr::new(10, 42, 0, 2)).unwrap();
+    let nat_client = node.container(Ipv4Addr::new(10, 42, 0, 3)).unwrap();
+    let backends: Vec<Container> =
+        (11..14).map(|i| node.container(Ipv4Addr::new(10, 42, 0, i)).unwrap()).collect();
+    for c in [&client, &nat_client].into_iter().chain(&backends) {
+        node.attach(&mut dp, &c.host_if).unwrap();
+        let e = if c.addr == nat_client.addr { c.endpoint_nat_client() } else { c.endpoint() };
+        dp.set_endpoint(c.addr, e).unwrap();
+    }
+    let _servers: Vec<NameServer> =
+        backends.iter().enumerate().map(|(i, c)| NameServer::start(c, 5353, &format!("b{i}"))).collect();
+    let udp_spec = |bs: &[&Container]| ServiceSpec {
+        frontend: Frontend { vip: VIP, port: 53, proto: Proto::Udp },
+        backends: bs.iter().map(|c| BackendAddr { addr: c.addr, port: 5353 }).collect(),
+    };
+    dp.set_service(&udp_spec(&backends.iter().collect::<Vec<_>>())).unwrap();
+    let vip = SocketAddr::from((VIP, 53));
+
+    // 30 sockets, three datagrams each: each socket keeps its backend, and
+    // every answer comes from the VIP, as a resolver checks.
+    let sockets: Vec<UdpSocket> = client
+        .ns
+        .run(|| {
+            (0..30)
+                .map(|_| {
+                    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    s
+                })
+                .collect()
+        })
+        .unwrap();
+    let mut first = Vec::new();
+    for s in &sockets {
+        let answers: Vec<(String, SocketAddr)> = (0..3).map(|_| ask(s, vip)).collect();
+        assert!(answers.iter().all(|(_, from)| *from == vip), "answers come from the VIP: {answers:?}");
+        assert!(answers.iter().all(|(b, _)| *b == answers[0].0), "a socket keeps its backend: {answers:?}");
+        first.push(answers[0].0.clone());
+    }
+    let mut seen = BTreeMap::new();
+    for b in &first {
+        *seen.entry(b.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 3, "the sockets are spread over all three backends: {seen:?}");
+    let snap = fizz::net::inspect::snapshot(node.pins.0.as_path()).unwrap();
+    assert_eq!(snap.services[0].connects, 30, "one pick per socket");
+    assert_eq!(snap.services[0].packets, 0, "nothing was NAT'd per packet");
+    assert!(snap.conntrack.is_empty(), "no flow in conntrack: {:?}", snap.conntrack);
+    let picks = dp.maps().sock_picks.entries().unwrap();
+    assert_eq!(picks.len(), 30, "one pick per socket and VIP: {picks:?}");
+    let vip_be = u32::from_ne_bytes(VIP.octets());
+    assert!(picks.iter().all(|(k, _)| k.addr_be == vip_be && k.port_be == 53u16.to_be()), "{picks:?}");
+    let replies = dp.maps().sock_replies.entries().unwrap();
+    assert!(replies.len() == 30 && replies.iter().all(|(_, peer)| peer.vip_be == vip_be), "{replies:?}");
+
+    // A connected socket, and a client this node did not declare, are NAT'd
+    // at TC; they are answered from the VIP too.
+    let connected = client
+        .ns
+        .run(|| {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.connect(vip).unwrap();
+            s.send(b"?").unwrap();
+            let mut buf = [0u8; 64];
+            let (_, from) = s.recv_from(&mut buf).unwrap();
+            (from, s.peer_addr().unwrap())
+        })
+        .unwrap();
+    assert_eq!(connected, (vip, vip));
+    let (_, from) = nat_client
+        .ns
+        .run(|| {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            ask(&s, vip)
+        })
+        .unwrap();
+    assert_eq!(from, vip);
+    let snap = fizz::net::inspect::snapshot(node.pins.0.as_path()).unwrap();
+    let clients: Vec<&str> = snap.conntrack.iter().map(|f| f.client.split(':').next().unwrap()).collect();
+    assert!(clients.contains(&client.addr.to_string().as_str()), "the connected socket is NAT'd: {clients:?}");
+    assert!(clients.contains(&nat_client.addr.to_string().as_str()), "the undeclared client is NAT'd: {clients:?}");
+
+    // b1 goes: no socket's datagram reaches it afterwards, and the sockets
+    // on b0, whose slot did not change, keep it.
+    dp.set_service(&udp_spec(&[&backends[0], &backends[2]])).unwrap();
+    for (s, was) in sockets.iter().zip(&first) {
+        let (now, from) = ask(s, vip);
+        assert_eq!(from, vip);
+        assert_ne!(now, "b1", "a removed backend got a datagram");
+        if was == "b0" {
+            assert_eq!(now, "b0", "a socket on a backend that stayed in its slot keeps it");
+        }
+    }
 }
 
 /// A temporary directory removed on drop.

@@ -12,7 +12,7 @@ use aya::maps::{
 };
 use fizz_common::{
     map_names, Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey,
-    Remote, RemoteAddr, RemoteEndpoint, SockClient, SockPeer, SvcKey, SvcValue, VipKey, VipValue, addr_slot, LocalSlot, VERDICT_STRIDE,
+    Remote, RemoteAddr, RemoteEndpoint, SockClient, SockDgramKey, SockPeer, SockPick, SvcKey, SvcValue, VipKey, VipValue, addr_slot, LocalSlot, VERDICT_STRIDE,
 };
 
 use super::Error;
@@ -399,6 +399,11 @@ pub struct Maps {
     pub sock_clients: TypedHash<u64, SockClient>,
     /// Socket cookie → the VIP it connected to.
     pub sock_peers: TypedHash<u64, SockPeer>,
+    /// (Socket, VIP) → the backend its datagrams go to.
+    pub sock_picks: TypedHash<SockDgramKey, SockPick>,
+    /// (Socket, backend) → the VIP its datagrams are reported from.
+    pub sock_replies: TypedHash<SockDgramKey, SockPeer>,
+    /// Per backend: connections and datagram sockets balanced at the socket.
     pub sock_connects: Counters,
     pub local_slots: LocalSlots,
     pub flow_epochs: FlowEpochs,
@@ -422,6 +427,8 @@ impl Maps {
             remote_endpoints: TypedHash::open(dir, map_names::REMOTE_ENDPOINTS)?,
             sock_clients: TypedHash::open(dir, map_names::SOCK_CLIENTS)?,
             sock_peers: TypedHash::open(dir, map_names::SOCK_PEERS)?,
+            sock_picks: TypedHash::open(dir, map_names::SOCK_PICKS)?,
+            sock_replies: TypedHash::open(dir, map_names::SOCK_REPLIES)?,
             sock_connects: Counters::open(dir, map_names::SOCK_CONNECTS)?,
             local_slots: LocalSlots::open(dir)?,
             flow_epochs: FlowEpochs::open(dir)?,

@@ -41,6 +41,7 @@ use aya::{
 use fizz_common::{
     Backend, BackendKey, Config, CtKey, Endpoint, EndpointKey, Remote, RemoteEndpoint, SockClient, SvcKey, SvcValue,
     VipKey, VipValue, PROG_FROM_CONTAINER, PROG_FROM_WIREGUARD, PROG_SOCK_CONNECT4, PROG_SOCK_GETPEERNAME4,
+    PROG_SOCK_RECVMSG4, PROG_SOCK_SENDMSG4,
 };
 
 pub use self::maps::Maps;
@@ -237,6 +238,8 @@ impl Datapath {
         for (name, kind) in [
             (PROG_SOCK_CONNECT4, CgroupSockAddrAttachType::Connect4),
             (PROG_SOCK_GETPEERNAME4, CgroupSockAddrAttachType::GetPeerName4),
+            (PROG_SOCK_SENDMSG4, CgroupSockAddrAttachType::UDPSendMsg4),
+            (PROG_SOCK_RECVMSG4, CgroupSockAddrAttachType::UDPRecvMsg4),
         ] {
             adopt_sock_program(&mut ebpf, name, kind, pin_dir, &cgroup)?;
         }
