@@ -1,11 +1,12 @@
 //! The client loops, run on a thread inside a client container: connection
-//! rate, request/response rate and stream throughput against one address.
+//! rate, request/response rate (TCP, and UDP from an unconnected socket) and
+//! stream throughput against one address.
 //! Each loop runs for its duration plus at most one I/O timeout, and stops
 //! early when a stop was asked for.
 
 use std::{
     io::{self, Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpStream},
+    net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
 
@@ -28,10 +29,18 @@ pub enum Mode {
     Rr,
     /// One connection, the client writes as fast as it can.
     Stream,
+    /// One-byte datagram ping-pong from an unconnected socket (`sendto`,
+    /// `recvfrom`); an answer must come from the address asked.
+    UdpRr,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Conn, Mode::Rr, Mode::Stream];
+    pub const ALL: [Mode; 4] = [Mode::Conn, Mode::Rr, Mode::Stream, Mode::UdpRr];
+
+    /// Whether the mode runs over UDP.
+    pub fn is_udp(self) -> bool {
+        self == Mode::UdpRr
+    }
 
     /// The port the backend servers listen on for this mode.
     pub fn backend_port(self) -> u16 {
@@ -39,6 +48,7 @@ impl Mode {
             Mode::Conn => 8080,
             Mode::Rr => 8081,
             Mode::Stream => 8082,
+            Mode::UdpRr => 8083,
         }
     }
 
@@ -48,6 +58,7 @@ impl Mode {
             Mode::Conn => 80,
             Mode::Rr => 81,
             Mode::Stream => 82,
+            Mode::UdpRr => 83,
         }
     }
 
@@ -57,6 +68,7 @@ impl Mode {
             Mode::Conn => "conn_rate",
             Mode::Rr => "rr",
             Mode::Stream => "stream",
+            Mode::UdpRr => "udp_rr",
         }
     }
 
@@ -66,13 +78,14 @@ impl Mode {
             Mode::Conn => "connection rate",
             Mode::Rr => "request/response",
             Mode::Stream => "stream",
+            Mode::UdpRr => "UDP request/response",
         }
     }
 
     pub fn unit(self) -> &'static str {
         match self {
             Mode::Conn => "conn/s",
-            Mode::Rr => "trans/s",
+            Mode::Rr | Mode::UdpRr => "trans/s",
             Mode::Stream => "Gbit/s",
         }
     }
@@ -83,8 +96,8 @@ impl Mode {
 pub struct Outcome {
     /// In the mode's unit.
     pub value: f64,
-    /// Connections that failed (connection-rate mode only; the other modes
-    /// fail on the first error).
+    /// Connections that failed (connection-rate mode), or datagrams not
+    /// answered in time (UDP); the other modes fail on the first error.
     pub errors: u64,
 }
 
@@ -94,6 +107,7 @@ pub fn measure(mode: Mode, addr: SocketAddr, dur: Duration) -> Result<Outcome> {
         Mode::Conn => conn_rate(addr, dur),
         Mode::Rr => request_response(addr, dur),
         Mode::Stream => stream(addr, dur),
+        Mode::UdpRr => udp_request_response(addr, dur),
     }
     .with_context(|| format!("{} against {addr}", mode.label()))
 }
@@ -113,7 +127,25 @@ pub fn probe(mode: Mode, addr: SocketAddr) -> io::Result<()> {
             s.write_all(&[0u8; 1024])?;
             drain_after_shutdown(&mut s)
         }
+        Mode::UdpRr => udp_exchange(&udp_socket()?, addr),
     }
+}
+
+fn udp_socket() -> io::Result<UdpSocket> {
+    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    Ok(s)
+}
+
+/// One byte to `addr` and its echo back, which must come from `addr`.
+fn udp_exchange(s: &UdpSocket, addr: SocketAddr) -> io::Result<()> {
+    s.send_to(&[7], addr)?;
+    let mut b = [0u8; 16];
+    let (_, from) = s.recv_from(&mut b)?;
+    if from != addr {
+        return Err(io::Error::other(format!("the answer came from {from}, not {addr}")));
+    }
+    Ok(())
 }
 
 fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
@@ -168,6 +200,27 @@ fn request_response(addr: SocketAddr, dur: Duration) -> Result<Outcome> {
         interrupt::check()?;
     }
     Ok(Outcome { value: n as f64 / start.elapsed().as_secs_f64(), errors: 0 })
+}
+
+/// Datagram ping-pong on one unconnected socket. A datagram not answered
+/// within the I/O timeout is counted as an error (and costs that time); an
+/// answer from another address fails the measurement.
+fn udp_request_response(addr: SocketAddr, dur: Duration) -> Result<Outcome> {
+    let s = udp_socket().context("binding a UDP socket")?;
+    let start = Instant::now();
+    let (mut n, mut errors) = (0u64, 0u64);
+    while start.elapsed() < dur {
+        match udp_exchange(&s, addr) {
+            Ok(()) => n += 1,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => errors += 1,
+            Err(e) => return Err(e).context("a datagram exchange"),
+        }
+        interrupt::check()?;
+    }
+    if n == 0 {
+        bail!("no datagram was answered ({errors} timed out)");
+    }
+    Ok(Outcome { value: n as f64 / start.elapsed().as_secs_f64(), errors })
 }
 
 /// Writes for `dur`, then half-closes and waits for the server to close

@@ -7,10 +7,11 @@ use std::{path::Path, process::Command};
 
 use anyhow::{bail, Context as _, Result};
 
-/// One group of bars: a VIP path and its ratio per metric (conn, rr, stream).
+/// One group of bars: a VIP path and its ratio per metric (conn, rr,
+/// stream, UDP rr).
 pub struct Bars {
     pub label: String,
-    pub ratios: [f64; 3],
+    pub ratios: [f64; 4],
 }
 
 /// One point of the scale lines: services loaded, Fizz's ratio, iptables'.
@@ -27,11 +28,11 @@ pub fn draw(dir: &Path, stem: &str, bars: &[Bars], scale: &[ScalePoint]) -> Resu
     let script = dir.join(format!("{stem}.gp"));
     let png = dir.join(format!("{stem}.png"));
 
-    let mut data = String::from("# path, ratio to direct: conn_rate rr stream\n");
+    let mut data = String::from("# path, ratio to direct: conn_rate rr stream udp_rr\n");
     for b in bars {
         // A missing ratio is plotted as no bar.
         let r = b.ratios.map(|r| if r.is_finite() { format!("{r:.4}") } else { "NaN".into() });
-        data += &format!("\"{}\" {} {} {}\n", b.label, r[0], r[1], r[2]);
+        data += &format!("\"{}\" {} {} {} {}\n", b.label, r[0], r[1], r[2], r[3]);
     }
     data += "\n\n# services, conn_rate ratio to direct: fizz_vip_nat iptables_vip\n";
     for p in scale {
@@ -55,6 +56,7 @@ set key top right
 plot '{dat}' index 0 using 2:xtic(1) title 'connection rate', \
      '' index 0 using 3 title 'request/response', \
      '' index 0 using 4 title 'stream', \
+     '' index 0 using 5 title 'UDP request/response', \
      1 with lines dashtype 2 lc rgb 'black' notitle
 set title "Connection rate vs services loaded"
 set style data linespoints

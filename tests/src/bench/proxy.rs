@@ -17,12 +17,12 @@ use super::{load::Mode, servers::Background};
 const COPY_BUF: usize = 32 * 1024;
 
 /// Starts the proxy in the namespace at `ns_path`: `listen:<mode's VIP port>`
-/// to `backend:<mode's backend port>` for every mode. Its connections to the
+/// to `backend:<mode's backend port>` for every TCP mode. Its connections to the
 /// backend are bound to `listen`, an address only that namespace has, so
 /// they can never leave through another one.
 pub fn start(ns_path: &str, listen: Ipv4Addr, backend: Ipv4Addr) -> Result<Background> {
     Background::start("the userspace proxy", ns_path, 2, None, move || async move {
-        for mode in Mode::ALL {
+        for mode in Mode::ALL.into_iter().filter(|m| !m.is_udp()) {
             let addr = SocketAddr::from((listen, mode.vip_port()));
             let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
             let to = SocketAddr::from((backend, mode.backend_port()));

@@ -7,7 +7,7 @@ use std::{future::Future, net::SocketAddr, thread::JoinHandle, time::Duration};
 use anyhow::{anyhow, Context as _, Result};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, UdpSocket},
     sync::oneshot,
 };
 
@@ -101,6 +101,11 @@ pub fn start(ns_path: &str, cpu: Option<usize>) -> Result<Background> {
     Background::start("the backend servers", ns_path, 0, cpu, || async {
         for mode in Mode::ALL {
             let addr = SocketAddr::from(([0, 0, 0, 0], mode.backend_port()));
+            if mode.is_udp() {
+                let socket = UdpSocket::bind(addr).await.with_context(|| format!("binding UDP {addr}"))?;
+                tokio::spawn(echo_datagrams(socket));
+                continue;
+            }
             let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
             tokio::spawn(accept_loop(listener, mode));
         }
@@ -120,6 +125,16 @@ async fn accept_loop(listener: TcpListener, mode: Mode) {
             }
             // Out of file descriptors or similar: let connections finish.
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Sends every datagram back to where it came from.
+async fn echo_datagrams(socket: UdpSocket) {
+    let mut buf = [0u8; 64];
+    loop {
+        if let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..n], from).await;
         }
     }
 }
@@ -144,6 +159,7 @@ async fn serve(mut s: TcpStream, mode: Mode) -> std::io::Result<()> {
         },
         // Read and discard until the client closes.
         Mode::Stream => while s.read(&mut buf).await? != 0 {},
+        Mode::UdpRr => {}
     }
     Ok(())
 }

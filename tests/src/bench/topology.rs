@@ -79,7 +79,8 @@ impl FizzNode {
         many_connections(&client.ns)?;
         many_connections(&nat_client.ns)?;
         for mode in Mode::ALL {
-            dp.set_service(&service(FIZZ_VIP, mode.vip_port(), FIZZ_BACKEND, mode.backend_port()))?;
+            let proto = if mode.is_udp() { Proto::Udp } else { Proto::Tcp };
+            dp.set_service(&service(FIZZ_VIP, mode.vip_port(), proto, FIZZ_BACKEND, mode.backend_port()))?;
         }
         let servers = super::servers::start(&backend.ns.path(), server_cpu)?;
         Ok(FizzNode { _servers: servers, dp, client, nat_client, _backend: backend, node, extra: 0 })
@@ -147,7 +148,7 @@ impl FizzNode {
             }
             let port = Mode::Conn.backend_port();
             self.dp
-                .set_service(&service(extra_vip(i), 80, FIZZ_BACKEND, port))
+                .set_service(&service(extra_vip(i), 80, Proto::Tcp, FIZZ_BACKEND, port))
                 .with_context(|| format!("adding service {}:80", extra_vip(i)))?;
             self.extra = i + 1;
         }
@@ -191,9 +192,9 @@ impl Floor {
     }
 }
 
-fn service(vip: Ipv4Addr, port: u16, backend: Ipv4Addr, backend_port: u16) -> ServiceSpec {
+fn service(vip: Ipv4Addr, port: u16, proto: Proto, backend: Ipv4Addr, backend_port: u16) -> ServiceSpec {
     ServiceSpec {
-        frontend: Frontend { vip, port, proto: Proto::Tcp },
+        frontend: Frontend { vip, port, proto },
         backends: vec![BackendAddr { addr: backend, port: backend_port }],
     }
 }
@@ -232,8 +233,8 @@ impl KernelNode {
 
     /// Replaces the node's nat PREROUTING chain (with `iptables-restore
     /// --noflush` from a generated file) by: a first rule that lets traffic
-    /// outside the VIP range skip the VIP rules, the rules of the rr and
-    /// stream ports, `n - 1` DNAT rules for other VIPs, and last the measured
+    /// outside the VIP range skip the VIP rules, the rules of the rr, stream
+    /// and UDP rr ports, `n - 1` DNAT rules for other VIPs, and last the measured
     /// rule of the connection port: the worst case for a linear chain.
     pub fn set_services(&self, n: usize) -> Result<()> {
         if n == 0 || n > MAX_SERVICES {
@@ -241,7 +242,8 @@ impl KernelNode {
         }
         let dnat = |vip: Ipv4Addr, mode: Mode| {
             format!(
-                "-A PREROUTING -d {vip}/32 -p tcp --dport {} -j DNAT --to-destination {KERNEL_BACKEND}:{}\n",
+                "-A PREROUTING -d {vip}/32 -p {} --dport {} -j DNAT --to-destination {KERNEL_BACKEND}:{}\n",
+                if mode.is_udp() { "udp" } else { "tcp" },
                 mode.vip_port(),
                 mode.backend_port()
             )
@@ -249,6 +251,7 @@ impl KernelNode {
         let mut rules = format!("*nat\n-F PREROUTING\n-A PREROUTING ! -d {VIP_RANGE} -j ACCEPT\n");
         rules += &dnat(IPTABLES_VIP, Mode::Rr);
         rules += &dnat(IPTABLES_VIP, Mode::Stream);
+        rules += &dnat(IPTABLES_VIP, Mode::UdpRr);
         for i in 0..n - 1 {
             rules += &dnat(extra_vip(i), Mode::Conn);
         }
@@ -264,11 +267,11 @@ impl KernelNode {
         let listed = sh(&["ip", "netns", "exec", &self.node.name, "iptables", "-t", "nat", "-S", "PREROUTING"])?;
         let appended: Vec<&str> = listed.lines().filter(|l| l.starts_with("-A ")).collect();
         let last = appended.last().copied().unwrap_or_default();
-        if appended.len() != n + 3 || !last.contains(&format!("-d {IPTABLES_VIP}/32")) || !last.contains("--dport 80") {
+        if appended.len() != n + 4 || !last.contains(&format!("-d {IPTABLES_VIP}/32")) || !last.contains("--dport 80") {
             bail!(
                 "nat PREROUTING has {} rules, the last `{last}`; expected {} ending with the measured rule",
                 appended.len(),
-                n + 3
+                n + 4
             );
         }
         Ok(())

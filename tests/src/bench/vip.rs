@@ -70,14 +70,14 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// paths' ratios falls below 0.95 one time in six; with 40, one in twenty.
 const STREAM_REPEATS: u32 = 8;
 
-/// Connection-rate measurements per scenario in each round, here and in the
-/// scale runs, interleaved like the rounds. A 1 s connection rate here
-/// varies by about 9% from one pair of runs to the next (the ratio of 20
-/// pairs of the direct and NAT'd paths ranged from 0.78 to 1.11): the
-/// median of 5 pairs then moves by about 5% between runs of the benchmark,
-/// the size of the margin it is read against; the median of 20, by about
-/// half that.
-const CONN_REPEATS: u32 = 4;
+/// Measurements per scenario in each round of the other metrics (for the
+/// connection rate also in the scale runs), interleaved like the rounds. A
+/// 1 s connection or transaction rate here varies by about 9% from one pair
+/// of runs to the next (the ratio of 20 pairs of the direct and NAT'd
+/// connection rates ranged from 0.78 to 1.11): the median of 5 pairs then
+/// moves by about 5% between runs of the benchmark, the size of the margin
+/// it is read against; the median of 20, by about half that.
+const RATE_REPEATS: u32 = 4;
 
 /// The longest warm-up measurement.
 const WARM_UP: Duration = Duration::from_millis(300);
@@ -89,11 +89,12 @@ enum Scenario {
     Direct,
     /// Kernel node: client to backend by address, forwarded by the kernel.
     DirectKernel,
-    /// Fizz node: client to the Fizz VIP, balanced at connect time (the
-    /// path of TCP from the node's own containers).
+    /// Fizz node: client to the Fizz VIP, balanced at the socket (the path
+    /// of TCP and unconnected UDP from the node's own containers).
     FizzVip,
     /// Fizz node: another client to the Fizz VIP, NAT'd packet by packet
-    /// (the path of UDP, and of clients on other nodes).
+    /// (the path of connected UDP, and of clients the node did not
+    /// register: host processes, say).
     FizzVipNat,
     /// Kernel node: client to the iptables DNAT VIP.
     IptablesVip,
@@ -116,6 +117,12 @@ impl Scenario {
     /// The Fizz node's scenarios, whose program cost is measured.
     const FIZZ: [Scenario; 3] = [Scenario::Direct, Scenario::FizzVip, Scenario::FizzVipNat];
 
+    /// Whether the scenario has a server for `mode` (the userspace proxy
+    /// relays TCP only).
+    fn serves(self, mode: Mode) -> bool {
+        !(self == Scenario::Proxy && mode.is_udp())
+    }
+
     fn key(self) -> &'static str {
         match self {
             Scenario::Direct => "direct",
@@ -131,7 +138,7 @@ impl Scenario {
         match self {
             Scenario::Direct => "direct (fizz node)",
             Scenario::DirectKernel => "direct (kernel node)",
-            Scenario::FizzVip => "fizz VIP (at connect)",
+            Scenario::FizzVip => "fizz VIP (at the socket)",
             Scenario::FizzVipNat => "fizz VIP (NAT per packet)",
             Scenario::IptablesVip => "iptables DNAT VIP",
             Scenario::Proxy => "userspace proxy",
@@ -247,8 +254,7 @@ const STATISTICS_ON: &str = "cost/statistics_on";
 fn mode_repeats(mode: Mode) -> u32 {
     match mode {
         Mode::Stream => STREAM_REPEATS,
-        Mode::Conn => CONN_REPEATS,
-        Mode::Rr => 1,
+        Mode::Conn | Mode::Rr | Mode::UdpRr => RATE_REPEATS,
     }
 }
 
@@ -304,7 +310,7 @@ impl Bench {
 
     fn wait_ready(&self) -> Result<()> {
         for s in Scenario::ALL {
-            for mode in Mode::ALL {
+            for mode in Mode::ALL.into_iter().filter(|&m| s.serves(m)) {
                 let (client, addr) = self.target(s, mode);
                 let what = format!("{} ({}) to answer on {addr}", s.label(), mode.label());
                 client.ns.run(|| wait_for(&what, READY_TIMEOUT, || load::probe(mode, addr).is_ok()))??;
@@ -317,7 +323,7 @@ impl Bench {
     fn warm_up(&mut self) -> Result<()> {
         eprintln!("warming up");
         for mode in Mode::ALL {
-            for s in Scenario::ALL {
+            for s in Scenario::ALL.into_iter().filter(|s| s.serves(mode)) {
                 self.measure("warm-up", s, mode, self.dur.min(WARM_UP))?;
             }
         }
@@ -329,7 +335,7 @@ impl Bench {
             eprintln!("round {r}/{}: every scenario, every metric", self.rounds);
             for mode in Mode::ALL {
                 for _ in 0..mode_repeats(mode) {
-                    for s in Scenario::ALL {
+                    for s in Scenario::ALL.into_iter().filter(|s| s.serves(mode)) {
                         self.record(&format!("{}/{}", mode.key(), s.key()), s, mode)?;
                     }
                 }
@@ -345,7 +351,7 @@ impl Bench {
             self.kernel.set_services(n)?;
             for r in 1..=self.rounds {
                 eprintln!("scale {n}, round {r}/{}", self.rounds);
-                for _ in 0..CONN_REPEATS {
+                for _ in 0..RATE_REPEATS {
                     for s in SCALED {
                         self.record(&format!("scale/{n}/{}", s.key()), s, Mode::Conn)?;
                     }
@@ -603,10 +609,10 @@ impl Bench {
 
         println!(
             "\nService VIP benchmark: median of {} interleaved rounds of {} s per measurement ({} measurements \
-             per scenario and round for the connection rate, here and at each service count; {} for the stream).",
+             per scenario and round for the rates, also at each service count; {} for the stream).",
             self.rounds,
             self.dur.as_secs_f64(),
-            CONN_REPEATS,
+            RATE_REPEATS,
             STREAM_REPEATS
         );
         println!(
