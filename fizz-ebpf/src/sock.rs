@@ -53,13 +53,9 @@ pub fn fz_getpeername4(ctx: SockAddrContext) -> i32 {
     // SAFETY: a plain helper call on this program's context.
     let sock = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(peer) = SOCK_PEERS.get_ptr(&sock) {
-        // SAFETY: the pointer comes from a successful lookup and is only
-        // read; the context fields are writable in this hook (4-byte stores).
-        unsafe {
-            let peer = *peer;
-            (*ctx.sock_addr).user_ip4 = peer.vip_be;
-            (*ctx.sock_addr).user_port = u32::from(peer.port_be);
-        }
+        // SAFETY: the pointer comes from a successful lookup and is only read.
+        let peer = unsafe { *peer };
+        redirect(&ctx, peer.vip_be, peer.port_be);
     }
     ALLOW
 }
@@ -76,12 +72,9 @@ pub fn fz_recvmsg4(ctx: SockAddrContext) -> i32 {
     // SAFETY: a plain helper call on this program's context.
     let sock = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(peer) = SOCK_REPLIES.get_ptr(&SockDgramKey::new(sock, src_be, port_be)) {
-        // SAFETY: as in `fz_getpeername4`.
-        unsafe {
-            let peer = *peer;
-            (*ctx.sock_addr).user_ip4 = peer.vip_be;
-            (*ctx.sock_addr).user_port = u32::from(peer.port_be);
-        }
+        // SAFETY: as above.
+        let peer = unsafe { *peer };
+        redirect(&ctx, peer.vip_be, peer.port_be);
     }
     ALLOW
 }
@@ -96,7 +89,8 @@ fn address(ctx: &SockAddrContext) -> (u32, u16) {
     unsafe { (core::ptr::read_volatile(&(*sa).user_ip4), core::ptr::read_volatile(&(*sa).user_port) as u16) }
 }
 
-/// Points the context at `addr_be:port_be`.
+/// Writes `addr_be:port_be` into the context: where a connect or datagram
+/// goes, or the peer or source a call reports.
 #[inline(always)]
 fn redirect(ctx: &SockAddrContext, addr_be: u32, port_be: u16) {
     // SAFETY: the context fields are writable in these hooks (4-byte stores).

@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use fizz::net::service::Proto;
 
 use super::interrupt;
 
@@ -37,9 +38,17 @@ pub enum Mode {
 impl Mode {
     pub const ALL: [Mode; 4] = [Mode::Conn, Mode::Rr, Mode::Stream, Mode::UdpRr];
 
+    /// The transport the mode runs over.
+    pub fn proto(self) -> Proto {
+        match self {
+            Mode::Conn | Mode::Rr | Mode::Stream => Proto::Tcp,
+            Mode::UdpRr => Proto::Udp,
+        }
+    }
+
     /// Whether the mode runs over UDP.
     pub fn is_udp(self) -> bool {
-        self == Mode::UdpRr
+        self.proto() == Proto::Udp
     }
 
     /// The port the backend servers listen on for this mode.

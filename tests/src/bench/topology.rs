@@ -79,8 +79,7 @@ impl FizzNode {
         many_connections(&client.ns)?;
         many_connections(&nat_client.ns)?;
         for mode in Mode::ALL {
-            let proto = if mode.is_udp() { Proto::Udp } else { Proto::Tcp };
-            dp.set_service(&service(FIZZ_VIP, mode.vip_port(), proto, FIZZ_BACKEND, mode.backend_port()))?;
+            dp.set_service(&service(FIZZ_VIP, mode.vip_port(), mode.proto(), FIZZ_BACKEND, mode.backend_port()))?;
         }
         let servers = super::servers::start(&backend.ns.path(), server_cpu)?;
         Ok(FizzNode { _servers: servers, dp, client, nat_client, _backend: backend, node, extra: 0 })
@@ -243,7 +242,7 @@ impl KernelNode {
         let dnat = |vip: Ipv4Addr, mode: Mode| {
             format!(
                 "-A PREROUTING -d {vip}/32 -p {} --dport {} -j DNAT --to-destination {KERNEL_BACKEND}:{}\n",
-                if mode.is_udp() { "udp" } else { "tcp" },
+                mode.proto(),
                 mode.vip_port(),
                 mode.backend_port()
             )

@@ -117,10 +117,10 @@ impl Scenario {
     /// The Fizz node's scenarios, whose program cost is measured.
     const FIZZ: [Scenario; 3] = [Scenario::Direct, Scenario::FizzVip, Scenario::FizzVipNat];
 
-    /// Whether the scenario has a server for `mode` (the userspace proxy
-    /// relays TCP only).
-    fn serves(self, mode: Mode) -> bool {
-        !(self == Scenario::Proxy && mode.is_udp())
+    /// The scenarios that have a server for `mode`, in measuring order (the
+    /// userspace proxy relays TCP only).
+    fn serving(mode: Mode) -> impl Iterator<Item = Scenario> {
+        Scenario::ALL.into_iter().filter(move |&s| !(s == Scenario::Proxy && mode.is_udp()))
     }
 
     fn key(self) -> &'static str {
@@ -309,8 +309,8 @@ impl Bench {
     }
 
     fn wait_ready(&self) -> Result<()> {
-        for s in Scenario::ALL {
-            for mode in Mode::ALL.into_iter().filter(|&m| s.serves(m)) {
+        for mode in Mode::ALL {
+            for s in Scenario::serving(mode) {
                 let (client, addr) = self.target(s, mode);
                 let what = format!("{} ({}) to answer on {addr}", s.label(), mode.label());
                 client.ns.run(|| wait_for(&what, READY_TIMEOUT, || load::probe(mode, addr).is_ok()))??;
@@ -323,7 +323,7 @@ impl Bench {
     fn warm_up(&mut self) -> Result<()> {
         eprintln!("warming up");
         for mode in Mode::ALL {
-            for s in Scenario::ALL.into_iter().filter(|s| s.serves(mode)) {
+            for s in Scenario::serving(mode) {
                 self.measure("warm-up", s, mode, self.dur.min(WARM_UP))?;
             }
         }
@@ -335,7 +335,7 @@ impl Bench {
             eprintln!("round {r}/{}: every scenario, every metric", self.rounds);
             for mode in Mode::ALL {
                 for _ in 0..mode_repeats(mode) {
-                    for s in Scenario::ALL.into_iter().filter(|s| s.serves(mode)) {
+                    for s in Scenario::serving(mode) {
                         self.record(&format!("{}/{}", mode.key(), s.key()), s, mode)?;
                     }
                 }

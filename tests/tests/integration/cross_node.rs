@@ -271,39 +271,23 @@ fn tcp_echo(c: &Container, to: SocketAddr, msg: &[u8]) -> std::io::Result<(Vec<u
 }
 
 /// `n` UDP request/answer rounds with `to` from inside `c` (a ping over UDP);
-/// returns how many were answered with the same bytes.
-fn udp_pings(c: &Container, to: SocketAddr, n: u32) -> u32 {
+/// returns how many were answered with the same bytes, from `to`.
+fn udp_pings(c: &Container, to: SocketAddr, n: u32, how: Udp) -> u32 {
     c.ns.run(|| {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.connect(to).unwrap();
+        if how == Udp::Connected {
+            s.connect(to).unwrap();
+        }
         s.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
         let mut ok = 0;
         for i in 0..n {
             let msg = format!("ping {i}");
-            if s.send(msg.as_bytes()).is_err() {
-                continue;
-            }
-            let mut buf = [0u8; 64];
-            if let Ok(k) = s.recv(&mut buf) {
-                ok += u32::from(&buf[..k] == msg.as_bytes());
-            }
-        }
-        ok
-    })
-    .unwrap()
-}
-
-/// Like `udp_pings`, from an unconnected socket: counts the answers that
-/// echo the datagram and come from `to`.
-fn udp_unconnected_pings(c: &Container, to: SocketAddr, n: u32) -> u32 {
-    c.ns.run(|| {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        let mut ok = 0;
-        for i in 0..n {
-            let msg = format!("ping {i}");
-            if s.send_to(msg.as_bytes(), to).is_err() {
+            let sent = match how {
+                Udp::Connected => s.send(msg.as_bytes()),
+                Udp::Unconnected => s.send_to(msg.as_bytes(), to),
+            };
+            if sent.is_err() {
                 continue;
             }
             let mut buf = [0u8; 64];
@@ -314,6 +298,14 @@ fn udp_unconnected_pings(c: &Container, to: SocketAddr, n: u32) -> u32 {
         ok
     })
     .unwrap()
+}
+
+/// How `udp_pings` sends: from a connected socket (`send`; the kernel then
+/// takes answers from `to` only) or an unconnected one (`send_to`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Udp {
+    Connected,
+    Unconnected,
 }
 
 /// Sends `total` bytes (a repeated pattern of `chunk`) to the sink at `to`
@@ -395,13 +387,13 @@ fn a_container_on_another_node_reaches_only_containers_it_shares_a_network_with(
     p.b.dp.set_endpoint(p.b.c.addr, Endpoint { net_mask: 0b01, ..p.b.c.endpoint() }).unwrap();
     p.b.dp.set_remote_endpoints(&[(p.a.c.addr, 0b10)].into()).unwrap();
     assert!(tcp_echo(&p.a.c, to_b, b"denied").is_err(), "a connection between two networks");
-    assert_eq!(udp_pings(&p.a.c, to_b, 3), 0, "datagrams between two networks");
+    assert_eq!(udp_pings(&p.a.c, to_b, 3, Udp::Connected), 0, "datagrams between two networks");
     assert!(policy_drops(&p.b) >= 2, "node 2 dropped them as policy");
     assert_eq!(policy_drops(&p.a), 0, "node 1 did not: it does not know node 2's container");
 
     p.b.dp.set_remote_endpoints(&[(p.a.c.addr, 0b11)].into()).unwrap();
     assert_eq!(tcp_echo(&p.a.c, to_b, b"shared").unwrap().0, b"shared");
-    assert_eq!(udp_pings(&p.a.c, to_b, 5), 5);
+    assert_eq!(udp_pings(&p.a.c, to_b, 5, Udp::Connected), 5);
 
     // Node 1 knows node 2's container too, and drops before the tunnel what node 2 (here
     // still letting it in) would take.
@@ -433,8 +425,8 @@ fn containers_on_two_nodes_talk_through_the_tunnel() {
     let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(tcp_echo(&p.a.c, to_b, &big).unwrap().0, big);
     // UDP request/answer both ways.
-    assert_eq!(udp_pings(&p.a.c, to_b, 20), 20);
-    assert_eq!(udp_pings(&p.b.c, to_a, 20), 20);
+    assert_eq!(udp_pings(&p.a.c, to_b, 20, Udp::Connected), 20);
+    assert_eq!(udp_pings(&p.b.c, to_a, 20, Udp::Connected), 20);
 
     // Both directions went through eBPF: into the device on the sender, out
     // of it into the container on the receiver. Nothing was dropped.
@@ -587,10 +579,10 @@ fn a_vip_on_one_node_reaches_its_backend_on_the_other() {
         // An unconnected UDP socket: its datagrams are sent to the backend
         // (declared namespace) or NAT'd; either way the answers are
         // reported from the VIP.
-        assert_eq!(udp_unconnected_pings(&p.a.c, vip, 10), 10, "connect-time: {connect_time}");
+        assert_eq!(udp_pings(&p.a.c, vip, 10, Udp::Unconnected), 10, "connect-time: {connect_time}");
     }
     // A connected UDP socket accepts answers from the VIP only.
-    assert_eq!(udp_pings(&p.a.c, vip, 20), 20);
+    assert_eq!(udp_pings(&p.a.c, vip, 20, Udp::Connected), 20);
 
     let snap = fizz::net::inspect::snapshot(p.a.node.pins.0.as_path()).unwrap();
     let tcp = snap.services.iter().find(|s| s.frontend.proto == Proto::Tcp).unwrap();

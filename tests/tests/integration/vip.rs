@@ -244,6 +244,14 @@ impl Drop for NameServer {
     }
 }
 
+/// An unconnected UDP socket on any port, whose reads time out after 2 s.
+/// (Made in the calling thread's namespace.)
+fn udp_socket() -> UdpSocket {
+    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s
+}
+
 /// Sends one datagram from `socket` to `to` and returns the answer and
 /// where `recv_from` says it came from.
 fn ask(socket: &UdpSocket, to: SocketAddr) -> (String, SocketAddr) {
@@ -278,18 +286,7 @@ fn unconnected_udp_to_a_vip_is_balanced_at_the_socket_and_answered_from_the_vip(
 
     // 30 sockets, three datagrams each: each socket keeps its backend, and
     // every answer comes from the VIP, as a resolver checks.
-    let sockets: Vec<UdpSocket> = client
-        .ns
-        .run(|| {
-            (0..30)
-                .map(|_| {
-                    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
-                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                    s
-                })
-                .collect()
-        })
-        .unwrap();
+    let sockets: Vec<UdpSocket> = client.ns.run(|| (0..30).map(|_| udp_socket()).collect()).unwrap();
     let mut first = Vec::new();
     for s in &sockets {
         let answers: Vec<(String, SocketAddr)> = (0..3).map(|_| ask(s, vip)).collect();
@@ -318,8 +315,7 @@ fn unconnected_udp_to_a_vip_is_balanced_at_the_socket_and_answered_from_the_vip(
     let connected = client
         .ns
         .run(|| {
-            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let s = udp_socket();
             s.connect(vip).unwrap();
             s.send(b"?").unwrap();
             let mut buf = [0u8; 64];
@@ -328,14 +324,7 @@ fn unconnected_udp_to_a_vip_is_balanced_at_the_socket_and_answered_from_the_vip(
         })
         .unwrap();
     assert_eq!(connected, (vip, vip));
-    let (_, from) = nat_client
-        .ns
-        .run(|| {
-            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            ask(&s, vip)
-        })
-        .unwrap();
+    let (_, from) = nat_client.ns.run(|| ask(&udp_socket(), vip)).unwrap();
     assert_eq!(from, vip);
     let snap = fizz::net::inspect::snapshot(node.pins.0.as_path()).unwrap();
     let clients: Vec<&str> = snap.conntrack.iter().map(|f| f.client.split(':').next().unwrap()).collect();
