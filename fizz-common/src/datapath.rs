@@ -68,6 +68,11 @@ pub mod map_names {
     /// (LRU): the VIP that `recvmsg` reports as the source of datagrams from
     /// that backend, on that socket.
     pub const SOCK_REPLIES: &str = "FZ_SOCK_REPLIES";
+    /// Array indexed by backend id: `BackendRef`, the service and address
+    /// that hold the id now (all zero while it is free). A socket's pick is
+    /// checked against it, so that the pick stays while its backend stays in
+    /// the service, wherever the backend's slot moves.
+    pub const BACKEND_REFS: &str = "FZ_BACKEND_REFS";
     /// The NAT-client flags of datapaths before `LOCAL_SLOTS` held them (an
     /// array of `ADDR_SLOTS` `u32`): unpinned when a datapath opens.
     pub const NAT_CLIENTS: &str = "FZ_NAT_CLIENTS";
@@ -233,6 +238,20 @@ pub struct Backend {
     pub id: u32,
 }
 assert_size!(Backend, 12);
+
+/// Value of `FZ_BACKEND_REFS`, indexed by backend id: the backend that
+/// holds the id and its service; all zero while the id is free (no backend
+/// has address 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct BackendRef {
+    pub svc_id: u32,
+    /// `Backend::addr_be` and `Backend::port_be`.
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+assert_size!(BackendRef, 12);
 
 /// Key of `FZ_VIPS`.
 #[repr(C)]
@@ -497,12 +516,13 @@ impl SockDgramKey {
 }
 
 /// Value of `FZ_SOCK_PICKS`: the backend a socket's datagrams to a VIP go
-/// to, and where it was found (`svc_id`, `slot`), so that each datagram can
-/// check that the service still has it there.
+/// to, with its service and backend id, so that each datagram can check
+/// (in `BACKEND_REFS`) that the service still has it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct SockPick {
     pub svc_id: u32,
+    /// The slot the backend was picked from (it may have moved since).
     pub slot: u32,
     /// `Backend::id` and `Backend::addr_be` as found in the slot.
     pub backend_id: u32,
@@ -703,6 +723,8 @@ mod pod {
     unsafe impl aya::Pod for SockDgramKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SockPick {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BackendRef {}
     // SAFETY: as above.
     unsafe impl aya::Pod for LocalSlot {}
 }

@@ -13,7 +13,7 @@ use fizz_common::{
     SvcValue, VipKey, VipValue, MAX_BACKENDS, MAX_BACKEND_IDS, MAX_CONNTRACK, MAX_ENDPOINTS,
     MAX_SERVICES, MAX_VIPS, drop_reason, verdict, Remote, RemoteAddr, MAX_REMOTES, SockClient,
     SockPeer, ADDR_SLOTS, addr_slot, LocalSlot, MAX_CPUS, VERDICT_STRIDE, RemoteEndpoint,
-    MAX_REMOTE_ENDPOINTS, SockDgramKey, SockPick, MAX_SOCK_PICKS,
+    MAX_REMOTE_ENDPOINTS, SockDgramKey, SockPick, MAX_SOCK_PICKS, BackendRef,
 };
 
 #[map(name = "FZ_SERVICES")]
@@ -65,6 +65,9 @@ pub static SOCK_PICKS: LruHashMap<SockDgramKey, SockPick> = LruHashMap::pinned(M
 
 #[map(name = "FZ_SOCK_REPLIES")]
 pub static SOCK_REPLIES: LruHashMap<SockDgramKey, SockPeer> = LruHashMap::pinned(MAX_SOCK_PICKS, 0);
+
+#[map(name = "FZ_BACKEND_REFS")]
+pub static BACKEND_REFS: Array<BackendRef> = Array::pinned(MAX_BACKEND_IDS, 0);
 
 #[map(name = "FZ_SOCK_CONNECTS")]
 pub static SOCK_CONNECTS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_BACKEND_IDS, 0);

@@ -9,8 +9,9 @@
 //!
 //! A datagram that an unconnected UDP socket sends to a VIP (`sendto`) goes
 //! likewise to a backend: the one picked at the socket's first datagram to
-//! that VIP and port (`SOCK_PICKS`), as long as the service still has it in
-//! the slot it was found in; else a new one is picked. `recvmsg()` reports
+//! that VIP and port (`SOCK_PICKS`), as long as the service still has it
+//! (`BACKEND_REFS`, by backend id: a backend keeps its picks when the
+//! removal of another moves its slot); else a new one is picked. `recvmsg()` reports
 //! datagrams from that backend as coming from the VIP (`SOCK_REPLIES`), so
 //! a client that checks who answered (as DNS resolvers do) sees the address
 //! it asked. A connected UDP socket is not balanced here: it has no end the
@@ -35,7 +36,7 @@ use aya_ebpf::{
 use fizz_common::{Backend, BackendKey, SockDgramKey, SockPeer, SockPick, SvcValue, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    maps::{count, is_vip_range, BACKENDS, SOCK_CLIENTS, SOCK_CONNECTS, SOCK_PEERS, SOCK_PICKS, SOCK_REPLIES},
+    maps::{count, is_vip_range, BACKENDS, BACKEND_REFS, SOCK_CLIENTS, SOCK_CONNECTS, SOCK_PEERS, SOCK_PICKS, SOCK_REPLIES},
     nat,
 };
 
@@ -129,14 +130,14 @@ fn pick(svc: &SvcValue) -> Option<(u32, Backend)> {
     Some((slot, unsafe { *backend }))
 }
 
-/// The port a backend is reached on: its own, or when that is 0, the one
-/// the client asked for.
+/// The port a backend is reached on: its own (`port_be`), or when that
+/// is 0, the one the client asked for.
 #[inline(always)]
-fn backend_port(backend: &Backend, asked_be: u16) -> u16 {
-    if backend.port_be == 0 {
+fn backend_port(port_be: u16, asked_be: u16) -> u16 {
+    if port_be == 0 {
         asked_be
     } else {
-        backend.port_be
+        port_be
     }
 }
 
@@ -162,7 +163,7 @@ fn connect4(ctx: &SockAddrContext) {
         // this one to the TC path.
         return;
     }
-    redirect(ctx, backend.addr_be, backend_port(&backend, port_be));
+    redirect(ctx, backend.addr_be, backend_port(backend.port_be, port_be));
     count(&SOCK_CONNECTS, backend.id, 0);
 }
 
@@ -178,7 +179,7 @@ fn sendmsg4(ctx: &SockAddrContext) {
     if let Some(p) = SOCK_PICKS.get_ptr(&key) {
         // SAFETY: the pointer comes from a successful lookup and is only read.
         let p = unsafe { *p };
-        if still_there(&p, &svc) {
+        if still_there(&p, &svc, port_be) {
             redirect(ctx, p.addr_be, p.port_be);
             return;
         }
@@ -186,7 +187,7 @@ fn sendmsg4(ctx: &SockAddrContext) {
     let Some((slot, backend)) = pick(&svc) else {
         return;
     };
-    let to_port_be = backend_port(&backend, port_be);
+    let to_port_be = backend_port(backend.port_be, port_be);
     // The reply entry first: a datagram from the backend is never seen
     // without it. Either insert failing leaves the datagram to the TC path.
     let reply = SockDgramKey::new(sock, backend.addr_be, to_port_be);
@@ -201,16 +202,16 @@ fn sendmsg4(ctx: &SockAddrContext) {
     count(&SOCK_CONNECTS, backend.id, 0);
 }
 
-/// Whether a socket's pick is still the backend in its slot of the service
-/// (a removed backend's slot is emptied or given to another backend).
+/// Whether a socket's pick is still a backend of the service: the
+/// pick's backend id is still held by the same service, address and port
+/// (an id freed is zeroed, and may be given to another backend later).
 #[inline(always)]
-fn still_there(p: &SockPick, svc: &SvcValue) -> bool {
-    if p.svc_id != svc.id || p.slot >= svc.count {
+fn still_there(p: &SockPick, svc: &SvcValue, asked_be: u16) -> bool {
+    if p.svc_id != svc.id {
         return false;
     }
-    match BACKENDS.get_ptr(BackendKey { svc_id: svc.id, slot: p.slot }) {
-        // SAFETY: the pointer comes from a successful lookup and is only read.
-        Some(b) => unsafe { (*b).id == p.backend_id && (*b).addr_be == p.addr_be },
+    match BACKEND_REFS.get(p.backend_id) {
+        Some(r) => r.svc_id == p.svc_id && r.addr_be == p.addr_be && backend_port(r.port_be, asked_be) == p.port_be,
         None => false,
     }
 }

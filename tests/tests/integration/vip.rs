@@ -331,16 +331,39 @@ fn unconnected_udp_to_a_vip_is_balanced_at_the_socket_and_answered_from_the_vip(
     assert!(clients.contains(&client.addr.to_string().as_str()), "the connected socket is NAT'd: {clients:?}");
     assert!(clients.contains(&nat_client.addr.to_string().as_str()), "the undeclared client is NAT'd: {clients:?}");
 
-    // b1 goes: no socket's datagram reaches it afterwards, and the sockets
-    // on b0, whose slot did not change, keep it.
-    dp.set_service(&udp_spec(&[&backends[0], &backends[2]])).unwrap();
+    // b0 goes, from the first slot, so the other two backends' slots move:
+    // no socket's datagram reaches b0 afterwards, and every socket on b1 or
+    // b2 keeps its backend.
+    dp.set_service(&udp_spec(&[&backends[1], &backends[2]])).unwrap();
+    let mut second = Vec::new();
     for (s, was) in sockets.iter().zip(&first) {
         let (now, from) = ask(s, vip);
         assert_eq!(from, vip);
-        assert_ne!(now, "b1", "a removed backend got a datagram");
-        if was == "b0" {
-            assert_eq!(now, "b0", "a socket on a backend that stayed in its slot keeps it");
+        assert_ne!(now, "b0", "a removed backend got a datagram");
+        if was != "b0" {
+            assert_eq!(&now, was, "a socket whose backend stayed keeps it, though its slot moved");
         }
+        second.push(now);
+    }
+    // b0 comes back in front of them: every socket keeps its backend, and a
+    // new socket's picks reach b0 again.
+    dp.set_service(&udp_spec(&backends.iter().collect::<Vec<_>>())).unwrap();
+    for (s, was) in sockets.iter().zip(&second) {
+        assert_eq!(&ask(s, vip).0, was, "a socket keeps its backend when another joins");
+    }
+    let fresh: Vec<String> = client.ns.run(|| (0..6).map(|_| ask(&udp_socket(), vip).0).collect()).unwrap();
+    assert!(fresh.iter().any(|b| b == "b0"), "new sockets reach the backend that came back: {fresh:?}");
+
+    // A datapath whose backends have no entries there (one from before
+    // them) writes them when it opens: the sockets keep their backends.
+    drop(dp);
+    let mut maps = fizz::net::ebpf::maps::Maps::open(&fizz::net::ebpf::maps_dir(&node.pins.0)).unwrap();
+    for bid in 0..16 {
+        maps.backend_refs.set(bid, &fizz_common::BackendRef::default()).unwrap();
+    }
+    let _dp = node.datapath().unwrap();
+    for (s, was) in sockets.iter().zip(&second) {
+        assert_eq!(&ask(s, vip).0, was, "a socket keeps its backend when the datapath opens again");
     }
 }
 

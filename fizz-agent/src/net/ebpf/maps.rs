@@ -11,7 +11,7 @@ use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
 };
 use fizz_common::{
-    map_names, Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey,
+    map_names, Backend, BackendKey, BackendRef, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey,
     Remote, RemoteAddr, RemoteEndpoint, SockClient, SockDgramKey, SockPeer, SockPick, SvcKey, SvcValue, VipKey, VipValue, addr_slot, LocalSlot, VERDICT_STRIDE,
 };
 
@@ -78,6 +78,29 @@ impl<K: aya::Pod, V: aya::Pod> TypedHash<K, V> {
 /// The machine's possible CPUs (per-CPU maps have an entry for each).
 pub(super) fn possible_cpus() -> Result<usize, Error> {
     aya::util::nr_cpus().map_err(|(_, e)| Error::Io { what: "counting CPUs".into(), source: e })
+}
+
+/// An array with typed values, named for errors.
+pub struct TypedArray<V: aya::Pod> {
+    name: &'static str,
+    map: Array<MapData, V>,
+}
+
+impl<V: aya::Pod> TypedArray<V> {
+    fn open(dir: &Path, name: &'static str) -> Result<Self, Error> {
+        let map = Array::try_from(open(dir, name)?).map_err(map_err(name))?;
+        Ok(TypedArray { name, map })
+    }
+
+    /// The value at `index`.
+    pub fn get(&self, index: u32) -> Result<V, Error> {
+        self.map.get(&index, 0).map_err(map_err(self.name))
+    }
+
+    /// Writes the value at `index`.
+    pub fn set(&mut self, index: u32, value: &V) -> Result<(), Error> {
+        self.map.set(index, value, 0).map_err(map_err(self.name))
+    }
 }
 
 /// A per-CPU array of counters.
@@ -405,6 +428,8 @@ pub struct Maps {
     pub sock_replies: TypedHash<SockDgramKey, SockPeer>,
     /// Per backend: connections and datagram sockets balanced at the socket.
     pub sock_connects: Counters,
+    /// Backend id → the service and address holding it (zero: free).
+    pub backend_refs: TypedArray<BackendRef>,
     pub local_slots: LocalSlots,
     pub flow_epochs: FlowEpochs,
 }
@@ -430,6 +455,7 @@ impl Maps {
             sock_picks: TypedHash::open(dir, map_names::SOCK_PICKS)?,
             sock_replies: TypedHash::open(dir, map_names::SOCK_REPLIES)?,
             sock_connects: Counters::open(dir, map_names::SOCK_CONNECTS)?,
+            backend_refs: TypedArray::open(dir, map_names::BACKEND_REFS)?,
             local_slots: LocalSlots::open(dir)?,
             flow_epochs: FlowEpochs::open(dir)?,
         })

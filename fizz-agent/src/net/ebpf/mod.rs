@@ -39,7 +39,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use fizz_common::{
-    Backend, BackendKey, Config, CtKey, Endpoint, EndpointKey, Remote, RemoteEndpoint, SockClient, SvcKey, SvcValue,
+    Backend, BackendKey, BackendRef, Config, CtKey, Endpoint, EndpointKey, Remote, RemoteEndpoint, SockClient, SvcKey, SvcValue,
     VipKey, VipValue, PROG_FROM_CONTAINER, PROG_FROM_WIREGUARD, PROG_SOCK_CONNECT4, PROG_SOCK_GETPEERNAME4,
     PROG_SOCK_RECVMSG4, PROG_SOCK_SENDMSG4,
 };
@@ -232,6 +232,8 @@ impl Datapath {
         let mut maps = Maps::open(&maps_dir)?;
         mark_nat_clients(&mut maps)?;
         fill_local_slots(&mut maps)?;
+        let (installed, ids) = read_installed(&maps)?;
+        fill_backend_refs(&mut maps, &installed)?;
         let prog = adopt_program(&mut ebpf, PROG_FROM_CONTAINER, pin_dir, LINKS)?;
         let wg_prog = adopt_program(&mut ebpf, PROG_FROM_WIREGUARD, pin_dir, WG_LINKS)?;
         let cgroup = cgroup::root()?;
@@ -263,7 +265,6 @@ impl Datapath {
         }
 
         maps.config.set(&cfg)?;
-        let (installed, ids) = read_installed(&maps)?;
         Ok(Datapath { pin_dir: pin_dir.to_path_buf(), prog, wg_prog, maps, ids, installed })
     }
 
@@ -457,9 +458,17 @@ impl Datapath {
         let mut ids = self.ids.clone();
         let plan = service::plan_service(spec, self.installed.get(&fe), &mut ids)?;
 
+        // A removed backend's id is freed before its slot is (see
+        // `fill_backend_refs`): sockets' picks of it are refused from here on.
+        for (_, bid) in &plan.removed {
+            self.maps.backend_refs.set(*bid, &BackendRef::default())?;
+        }
         for bid in &plan.new_backend_ids {
             self.maps.backend_stats.reset(*bid)?;
             self.maps.sock_connects.reset(*bid)?;
+        }
+        for (_, b, bid) in plan.slots.iter().filter(|(_, _, bid)| plan.new_backend_ids.contains(bid)) {
+            self.maps.backend_refs.set(*bid, &backend_ref(plan.id, b))?;
         }
         for (slot, b, bid) in &plan.slots {
             self.maps.backends.set(
@@ -491,6 +500,9 @@ impl Datapath {
         let Some(inst) = self.installed.get(fe).cloned() else {
             return Ok(());
         };
+        for (_, bid) in &inst.backends {
+            self.maps.backend_refs.set(*bid, &BackendRef::default())?;
+        }
         self.maps.services.remove(&svc_key(fe))?;
         for slot in 0..inst.backends.len() as u32 {
             self.maps.backends.remove(&BackendKey { svc_id: inst.id, slot })?;
@@ -615,6 +627,25 @@ fn fill_local_slots(maps: &mut Maps) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Writes the `BACKEND_REFS` entry of every installed backend: the map is
+/// empty under a datapath from before it, and an agent stopped half-way
+/// through a change may have left one unwritten. (An entry is written
+/// before its backend gets a slot and cleared before the slot goes, so one
+/// that a stopped agent left set belongs to a backend no socket picked.)
+fn fill_backend_refs(maps: &mut Maps, installed: &BTreeMap<Frontend, Installed>) -> Result<(), Error> {
+    for inst in installed.values() {
+        for (b, bid) in &inst.backends {
+            maps.backend_refs.set(*bid, &backend_ref(inst.id, b))?;
+        }
+    }
+    Ok(())
+}
+
+/// The `BACKEND_REFS` entry of backend `b` of service `svc_id`.
+fn backend_ref(svc_id: u32, b: &BackendAddr) -> BackendRef {
+    BackendRef { svc_id, addr_be: u32::from(b.addr).to_be(), port_be: b.port.to_be(), _pad: 0 }
 }
 
 /// Where the maps of the current layout are pinned under a pin directory.
