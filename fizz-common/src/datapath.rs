@@ -53,9 +53,12 @@ pub mod map_names {
     /// `u64` network-namespace cookie → `SockClient`: the containers whose
     /// TCP connects to a VIP are balanced at connect time.
     pub const SOCK_CLIENTS: &str = "FZ_SOCK_CLIENTS";
-    /// `u64` socket cookie → `SockPeer` (LRU): the VIP a socket connected
-    /// to, which `getpeername` reports instead of the backend.
+    /// The VIPs that sockets connected to, in an LRU hash by socket cookie,
+    /// in datapaths before `SOCK_STATE`: unpinned when a datapath opens.
     pub const SOCK_PEERS: &str = "FZ_SOCK_PEERS";
+    /// Socket local storage (kept on each socket, freed with it): a
+    /// `SockState`, only on sockets the socket programs balanced.
+    pub const SOCK_STATE: &str = "FZ_SOCK_STATE";
     /// Per-CPU array indexed by backend id: `Counter` of connections
     /// balanced at connect time (`packets` counts connections, `bytes` is 0;
     /// their packets are not NAT'd, so they are not in `BACKEND_STATS`).
@@ -486,7 +489,23 @@ pub struct SockClient {
 }
 assert_size!(SockClient, 16);
 
-/// Value of `FZ_SOCK_PEERS`: the VIP and port a socket asked for.
+/// What the socket programs keep on a socket they balanced
+/// (`FZ_SOCK_STATE`, socket local storage).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockState {
+    /// The VIP and port a TCP connect asked for, which `getpeername`
+    /// reports instead of the backend; 0 when the connect was not balanced.
+    pub peer_vip_be: u32,
+    pub peer_port_be: u16,
+    /// Non-zero once the socket's datagrams to a VIP went to a backend:
+    /// `FZ_SOCK_REPLIES` may then hold entries for it.
+    pub dgram: u8,
+    pub _pad: u8,
+}
+assert_size!(SockState, 8);
+
+/// Value of `FZ_SOCK_REPLIES`: the VIP and port a socket asked for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct SockPeer {

@@ -3,17 +3,18 @@
 //! state and established flows.
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
-    helpers::generated::bpf_get_smp_processor_id,
+    bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE},
+    helpers::generated::{bpf_get_smp_processor_id, bpf_sk_storage_get},
     macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    programs::SockAddrContext,
 };
 use fizz_common::{
     Backend, BackendKey, Config, Counter, CtKey, CtValue, Endpoint, EndpointKey, SvcKey,
     SvcValue, VipKey, VipValue, MAX_BACKENDS, MAX_BACKEND_IDS, MAX_CONNTRACK, MAX_ENDPOINTS,
     MAX_SERVICES, MAX_VIPS, drop_reason, verdict, Remote, RemoteAddr, MAX_REMOTES, SockClient,
     SockPeer, ADDR_SLOTS, addr_slot, LocalSlot, MAX_CPUS, VERDICT_STRIDE, RemoteEndpoint,
-    MAX_REMOTE_ENDPOINTS, SockDgramKey, SockPick, MAX_SOCK_PICKS, BackendRef,
+    MAX_REMOTE_ENDPOINTS, SockDgramKey, SockPick, MAX_SOCK_PICKS, BackendRef, SockState,
 };
 
 #[map(name = "FZ_SERVICES")]
@@ -57,8 +58,56 @@ pub static REMOTE_ENDPOINTS: HashMap<EndpointKey, RemoteEndpoint> = HashMap::pin
 #[map(name = "FZ_SOCK_CLIENTS")]
 pub static SOCK_CLIENTS: HashMap<u64, SockClient> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
-#[map(name = "FZ_SOCK_PEERS")]
-pub static SOCK_PEERS: LruHashMap<u64, SockPeer> = LruHashMap::pinned(MAX_CONNTRACK, 0);
+/// `FZ_SOCK_STATE`: socket local storage, declared with BTF (the kernel
+/// creates this map type only with its key's and value's BTF types), in
+/// the layout loaders read: each field's pointee array length is a
+/// setting. Pinned by name like the others, so sockets balanced before an
+/// agent restart keep their state.
+#[repr(C)]
+pub struct SockStateMap {
+    r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const SockState,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+    /// `LIBBPF_PIN_BY_NAME`.
+    pinning: *const [i32; 1],
+}
+
+// SAFETY: the fields are never dereferenced: they only describe the map
+// to the loader, which replaces the static's address with the map's.
+unsafe impl Sync for SockStateMap {}
+
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "FZ_SOCK_STATE")]
+pub static SOCK_STATE: SockStateMap = SockStateMap {
+    r#type: core::ptr::null(),
+    key: core::ptr::null(),
+    value: core::ptr::null(),
+    max_entries: core::ptr::null(),
+    map_flags: core::ptr::null(),
+    pinning: core::ptr::null(),
+};
+
+/// The state the socket programs keep on the socket of `ctx`, if any; with
+/// `create`, made (zeroed) when missing, or none when that fails.
+#[inline(always)]
+pub fn sock_state(ctx: &SockAddrContext, create: bool) -> Option<*mut SockState> {
+    let mut zero = SockState::default();
+    // SAFETY: `sock_addr` is the program's context, whose `sk` the kernel
+    // sets for these hooks; the helper takes the map by address and copies
+    // the initial value.
+    let p = unsafe {
+        let sk = (*ctx.sock_addr).__bindgen_anon_1.sk;
+        let (init, flags) = if create {
+            (core::ptr::addr_of_mut!(zero), u64::from(BPF_SK_STORAGE_GET_F_CREATE))
+        } else {
+            (core::ptr::null_mut(), 0)
+        };
+        bpf_sk_storage_get(core::ptr::addr_of!(SOCK_STATE).cast_mut().cast(), sk.cast(), init.cast(), flags)
+    };
+    (!p.is_null()).then_some(p.cast())
+}
 
 #[map(name = "FZ_SOCK_PICKS")]
 pub static SOCK_PICKS: LruHashMap<SockDgramKey, SockPick> = LruHashMap::pinned(MAX_SOCK_PICKS, 0);

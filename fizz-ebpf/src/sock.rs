@@ -36,7 +36,7 @@ use aya_ebpf::{
 use fizz_common::{Backend, BackendKey, SockDgramKey, SockPeer, SockPick, SvcValue, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    maps::{count, is_vip_range, BACKENDS, BACKEND_REFS, SOCK_CLIENTS, SOCK_CONNECTS, SOCK_PEERS, SOCK_PICKS, SOCK_REPLIES},
+    maps::{count, is_vip_range, sock_state, BACKENDS, BACKEND_REFS, SOCK_CLIENTS, SOCK_CONNECTS, SOCK_PICKS, SOCK_REPLIES},
     nat,
 };
 
@@ -49,14 +49,16 @@ pub fn fz_connect4(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
+/// Also runs for every `accept()` that asks for the peer's address, on
+/// any socket of the host: a socket with no state returns at once.
 #[cgroup_sock_addr(getpeername4)]
 pub fn fz_getpeername4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: a plain helper call on this program's context.
-    let sock = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(peer) = SOCK_PEERS.get_ptr(&sock) {
-        // SAFETY: the pointer comes from a successful lookup and is only read.
-        let peer = unsafe { *peer };
-        redirect(&ctx, peer.vip_be, peer.port_be);
+    if let Some(state) = sock_state(&ctx, false) {
+        // SAFETY: the socket's own storage, from a successful lookup; only read.
+        let state = unsafe { *state };
+        if state.peer_vip_be != 0 {
+            redirect(&ctx, state.peer_vip_be, state.peer_port_be);
+        }
     }
     ALLOW
 }
@@ -67,8 +69,14 @@ pub fn fz_sendmsg4(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
+/// Runs for every datagram any UDP socket of the host receives: a socket
+/// that never had a datagram balanced returns at once.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn fz_recvmsg4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the socket's own storage, from a successful lookup; only read.
+    if !sock_state(&ctx, false).is_some_and(|s| unsafe { (*s).dgram } != 0) {
+        return ALLOW;
+    }
     let (src_be, port_be) = address(&ctx);
     // SAFETY: a plain helper call on this program's context.
     let sock = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -156,12 +164,16 @@ fn connect4(ctx: &SockAddrContext) {
     let Some((_, backend)) = pick(&svc) else {
         return;
     };
-    // SAFETY: a plain helper call on this program's context.
-    let sock = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if SOCK_PEERS.insert(&sock, &SockPeer { vip_be: dst_be, port_be, _pad: 0 }, 0).is_err() {
-        // Without the entry `getpeername` would show the backend: leave
+    let Some(state) = sock_state(ctx, true) else {
+        // Without its state `getpeername` would show the backend: leave
         // this one to the TC path.
         return;
+    };
+    // SAFETY: the socket's own storage, from a successful lookup; a
+    // connect holds the socket's lock, so nothing else writes it now.
+    unsafe {
+        (*state).peer_vip_be = dst_be;
+        (*state).peer_port_be = port_be;
     }
     redirect(ctx, backend.addr_be, backend_port(backend.port_be, port_be));
     count(&SOCK_CONNECTS, backend.id, 0);
@@ -188,8 +200,15 @@ fn sendmsg4(ctx: &SockAddrContext) {
         return;
     };
     let to_port_be = backend_port(backend.port_be, port_be);
-    // The reply entry first: a datagram from the backend is never seen
-    // without it. Either insert failing leaves the datagram to the TC path.
+    // The socket's mark, then the reply entry: a datagram from the backend
+    // is never seen without either. Any step failing leaves the datagram to
+    // the TC path.
+    let Some(state) = sock_state(ctx, true) else {
+        return;
+    };
+    // SAFETY: the socket's own storage, from a successful lookup; a plain
+    // byte store (a racing sender on the same socket stores the same).
+    unsafe { (*state).dgram = 1 };
     let reply = SockDgramKey::new(sock, backend.addr_be, to_port_be);
     if SOCK_REPLIES.insert(&reply, &SockPeer { vip_be: dst_be, port_be, _pad: 0 }, 0).is_err() {
         return;

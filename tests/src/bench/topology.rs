@@ -118,6 +118,20 @@ impl FizzNode {
         Ok((info.run_count(), info.run_time()))
     }
 
+    /// Each socket program's (runs, run time) so far, by name.
+    pub fn sock_program_stats(&self) -> Result<Vec<(&'static str, (u64, Duration))>> {
+        fizz::net::ebpf::SOCK_PROGRAMS
+            .iter()
+            .map(|&(name, kind)| {
+                let pin = self.node.pins.0.join(name);
+                let prog = aya::programs::CgroupSockAddr::from_pin(&pin, kind)
+                    .with_context(|| format!("opening {}", pin.display()))?;
+                let info = prog.info().with_context(|| format!("reading the statistics of {name}"))?;
+                Ok((name, (info.run_count(), info.run_time())))
+            })
+            .collect()
+    }
+
     /// Empties the datapath's conntrack (an agent's sweep with every timeout
     /// at zero); returns how many entries went. Closed flows otherwise stay
     /// until an agent sweeps them, 10 s after they closed, and:

@@ -424,7 +424,13 @@ impl Bench {
                 let series = cost_key(what, n, mode, s, idle);
                 let before = self.fizz.program_stats()?;
                 let floor_before = read_floor(floor)?;
+                let sock_before = self.fizz.sock_program_stats()?;
                 self.measure(&series, s, mode, self.dur)?;
+                for ((name, b), (_, a)) in sock_before.into_iter().zip(self.fizz.sock_program_stats()?) {
+                    if let Some(ns) = ns_per_run(b, a) {
+                        self.results.push(&sock_cost_key(name, n, mode, s, idle), "ns/call", ns);
+                    }
+                }
                 let zero_runs = || anyhow::anyhow!("a program ran 0 times during {series}: are BPF statistics supported?");
                 let program = ns_per_run(before, self.fizz.program_stats()?).ok_or_else(zero_runs)?;
                 self.results.push(&series, "ns/run", program);
@@ -594,6 +600,13 @@ impl Bench {
                             cost.extend(self.line(&key, &key, None, label, &format!("ns per packet, {}", mode.label())));
                         }
                     }
+                    for s in Scenario::FIZZ {
+                        for (name, _) in fizz::net::ebpf::SOCK_PROGRAMS {
+                            let key = sock_cost_key(name, n, mode, s, idle);
+                            let label = format!("{name}, {}, {}, {}", s.label(), services(n), idle.label());
+                            cost.extend(self.line(&key, &key, None, label, &format!("ns per call, {}", mode.label())));
+                        }
+                    }
                 }
             }
             sections.push(cost);
@@ -661,6 +674,14 @@ impl Bench {
              behind it no longer pays. The statistics' own cost: the empty program test-run {STATISTICS_REPEAT} \
              times with them off, then on (the kernel's mean per run; the difference is what they add to every \
              run, part of it inside the time they record)."
+        );
+        println!(
+            "Socket programs (the Fizz VIP at the socket): each one's run time per call, over every call on the \
+             host during that path's runs, which the TC figures leave out: fz_connect4 once per connect(), \
+             fz_sendmsg4 once per datagram sent to an address (the client's to the VIP, the server's answers), \
+             fz_recvmsg4 once per datagram received (client and server), fz_getpeername4 once per getpeername(). \
+             A UDP request/response from an unconnected socket thus pays sendmsg4 and recvmsg4 twice each, \
+             besides the TC program on its two packets; a TCP connection pays connect4 once."
         );
         if let Some((peak, max)) = self.conntrack_peak {
             let note = if peak * 100 >= max * 95 {
@@ -767,6 +788,15 @@ fn cost_key(what: Cost, n: usize, mode: Mode, s: Scenario, idle: Idle) -> String
         Idle::Kept => "_no_idle",
     };
     format!("{prefix}{idle}/{n}/{}/{}", mode.key(), s.key())
+}
+
+/// The series of a socket program's cost per call.
+fn sock_cost_key(name: &str, n: usize, mode: Mode, s: Scenario, idle: Idle) -> String {
+    let idle = match idle {
+        Idle::Allowed => "",
+        Idle::Kept => "_no_idle",
+    };
+    format!("sock_ns_per_call{idle}/{name}/{n}/{}/{}", mode.key(), s.key())
 }
 
 /// "1 service", "100 services".

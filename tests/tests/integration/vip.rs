@@ -118,6 +118,20 @@ fn three_backends_share_requests_and_a_removed_backend_gets_none() {
             .unwrap();
         assert_eq!(peer, SocketAddr::from((VIP, 80)));
     }
+    // What a balanced socket asked for is kept on the socket, in a map
+    // pinned with the others: it still reports the VIP when the datapath
+    // is opened again (an agent restart or upgrade reuses the pinned map).
+    let held = client
+        .ns
+        .run(|| TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), Duration::from_secs(2)))
+        .unwrap()
+        .unwrap();
+    let pin = fizz::net::ebpf::maps_dir(&node.pins.0).join(fizz_common::map_names::SOCK_STATE);
+    assert!(pin.exists(), "{} is pinned", pin.display());
+    drop(dp);
+    let mut dp = node.datapath().unwrap();
+    assert_eq!(held.peer_addr().unwrap(), SocketAddr::from((VIP, 80)));
+    drop(held);
 
     // Remove b1: it gets no new flows, and its flows are purged.
     dp.set_service(&spec(80, &[&backends[0], &backends[2]], 8080)).unwrap();

@@ -420,8 +420,6 @@ pub struct Maps {
     pub remote_endpoints: TypedHash<EndpointKey, RemoteEndpoint>,
     /// Network-namespace cookie → the container whose connects are balanced.
     pub sock_clients: TypedHash<u64, SockClient>,
-    /// Socket cookie → the VIP it connected to.
-    pub sock_peers: TypedHash<u64, SockPeer>,
     /// (Socket, VIP) → the backend its datagrams go to.
     pub sock_picks: TypedHash<SockDgramKey, SockPick>,
     /// (Socket, backend) → the VIP its datagrams are reported from.
@@ -451,7 +449,6 @@ impl Maps {
             remotes: Remotes::open(dir)?,
             remote_endpoints: TypedHash::open(dir, map_names::REMOTE_ENDPOINTS)?,
             sock_clients: TypedHash::open(dir, map_names::SOCK_CLIENTS)?,
-            sock_peers: TypedHash::open(dir, map_names::SOCK_PEERS)?,
             sock_picks: TypedHash::open(dir, map_names::SOCK_PICKS)?,
             sock_replies: TypedHash::open(dir, map_names::SOCK_REPLIES)?,
             sock_connects: Counters::open(dir, map_names::SOCK_CONNECTS)?,

@@ -204,6 +204,15 @@ pub fn ifname(index: u32) -> Option<String> {
     Some(s.to_string_lossy().into_owned())
 }
 
+/// The socket programs, each pinned in the pin directory under its name,
+/// and the hook it is attached to on the root cgroup.
+pub const SOCK_PROGRAMS: [(&str, CgroupSockAddrAttachType); 4] = [
+    (PROG_SOCK_CONNECT4, CgroupSockAddrAttachType::Connect4),
+    (PROG_SOCK_GETPEERNAME4, CgroupSockAddrAttachType::GetPeerName4),
+    (PROG_SOCK_SENDMSG4, CgroupSockAddrAttachType::UDPSendMsg4),
+    (PROG_SOCK_RECVMSG4, CgroupSockAddrAttachType::UDPRecvMsg4),
+];
+
 /// A node's loaded datapath. Dropping it leaves everything in place (pins).
 pub struct Datapath {
     pin_dir: PathBuf,
@@ -237,12 +246,7 @@ impl Datapath {
         let prog = adopt_program(&mut ebpf, PROG_FROM_CONTAINER, pin_dir, LINKS)?;
         let wg_prog = adopt_program(&mut ebpf, PROG_FROM_WIREGUARD, pin_dir, WG_LINKS)?;
         let cgroup = cgroup::root()?;
-        for (name, kind) in [
-            (PROG_SOCK_CONNECT4, CgroupSockAddrAttachType::Connect4),
-            (PROG_SOCK_GETPEERNAME4, CgroupSockAddrAttachType::GetPeerName4),
-            (PROG_SOCK_SENDMSG4, CgroupSockAddrAttachType::UDPSendMsg4),
-            (PROG_SOCK_RECVMSG4, CgroupSockAddrAttachType::UDPRecvMsg4),
-        ] {
+        for (name, kind) in SOCK_PROGRAMS {
             adopt_sock_program(&mut ebpf, name, kind, pin_dir, &cgroup)?;
         }
         // The pins hold the programs now; the loader's copies can go.
@@ -253,8 +257,14 @@ impl Datapath {
         // and drop the old flags' map.
         mark_nat_clients(&mut maps)?;
         // Also the per-CPU verdict counters those datapaths kept (their
-        // counts start again in `CPU_VERDICTS`).
-        for old in [fizz_common::map_names::NAT_CLIENTS, fizz_common::map_names::VERDICTS] {
+        // counts start again in `CPU_VERDICTS`), and the VIPs their sockets
+        // connected to (now kept on each socket: a connection balanced
+        // before this reports its backend to `getpeername`).
+        for old in [
+            fizz_common::map_names::NAT_CLIENTS,
+            fizz_common::map_names::VERDICTS,
+            fizz_common::map_names::SOCK_PEERS,
+        ] {
             let old = maps_dir.join(old);
             match std::fs::remove_file(&old) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
