@@ -5,14 +5,16 @@
 //! backend before the SYN leaves: the flow then runs between the two
 //! addresses as if the client had dialled the backend, so its packets take
 //! the direct path at TC (no conntrack entry, no rewrite, no checksum
-//! update). `getpeername()` on such a socket reports the VIP it asked for.
+//! update). `getpeername()` on such a socket reports the VIP it asked for,
+//! which is kept on the socket (`SOCK_STATE`, socket local storage).
 //!
 //! A datagram that an unconnected UDP socket sends to a VIP (`sendto`) goes
 //! likewise to a backend: the one picked at the socket's first datagram to
 //! that VIP and port (`SOCK_PICKS`), as long as the service still has it
 //! (`BACKEND_REFS`, by backend id: a backend keeps its picks when the
-//! removal of another moves its slot); else a new one is picked. `recvmsg()` reports
-//! datagrams from that backend as coming from the VIP (`SOCK_REPLIES`), so
+//! removal of another moves its slot); else a new one is picked.
+//! `recvmsg()` reports datagrams from that backend as coming from the VIP
+//! (`SOCK_REPLIES`, read only for sockets marked in `SOCK_STATE`), so
 //! a client that checks who answered (as DNS resolvers do) sees the address
 //! it asked. A connected UDP socket is not balanced here: it has no end the
 //! way a TCP connection does, and would keep sending to a backend after its
@@ -158,10 +160,14 @@ fn connect4(ctx: &SockAddrContext) {
         return;
     }
     let (dst_be, port_be) = address(ctx);
-    let Some(svc) = balanced_service(ctx, dst_be, port_be, IPPROTO_TCP) else {
-        return;
-    };
-    let Some((_, backend)) = pick(&svc) else {
+    let Some((_, backend)) = balanced_service(ctx, dst_be, port_be, IPPROTO_TCP).and_then(|svc| pick(&svc)) else {
+        // A socket that connects again after a failed connect to a VIP
+        // must not report that VIP any more.
+        if let Some(state) = sock_state(ctx, false) {
+            // SAFETY: the socket's own storage, from a successful lookup;
+            // a connect holds the socket's lock.
+            unsafe { (*state).peer_vip_be = 0 };
+        }
         return;
     };
     let Some(state) = sock_state(ctx, true) else {

@@ -145,6 +145,42 @@ fn three_backends_share_requests_and_a_removed_backend_gets_none() {
     }
     let snap = fizz::net::inspect::snapshot(node.pins.0.as_path()).unwrap();
     assert_eq!(snap.services[0].backends.len(), 2);
+
+    // A socket whose balanced connect was refused (port 81's backends do
+    // not listen on 8081) and that then connects to a backend by address
+    // reports that backend as its peer, not the VIP it asked for first.
+    dp.set_service(&spec(81, &[&backends[0]], 8081)).unwrap();
+    let direct = SocketAddr::from((backends[0].addr, 8080));
+    let peer = client.ns.run(|| peer_after_refused_connect(SocketAddr::from((VIP, 81)), direct)).unwrap();
+    assert_eq!(peer, direct);
+}
+
+/// Connects one TCP socket to `first`, which must refuse, then the same
+/// socket to `then`; returns the peer the socket reports.
+fn peer_after_refused_connect(first: SocketAddr, then: SocketAddr) -> SocketAddr {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let connect = |fd: &OwnedFd, to: SocketAddr| {
+        let SocketAddr::V4(to) = to else { panic!("{to} is not IPv4") };
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: to.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.ip().octets()) },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: `sa` is a valid sockaddr_in of `len` bytes; `fd` is open.
+        let rc = unsafe { libc::connect(fd.as_raw_fd(), std::ptr::addr_of!(sa).cast(), len) };
+        if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    };
+    // SAFETY: a plain socket(2) call; the descriptor is checked, then owned.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` was just opened and is owned by no one else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let err = connect(&fd, first).expect_err("the first connect is refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    connect(&fd, then).unwrap();
+    TcpStream::from(fd).peer_addr().unwrap()
 }
 
 #[test]
