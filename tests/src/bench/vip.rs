@@ -741,6 +741,14 @@ impl Idle {
             Idle::Kept => "CPUs kept out of idle",
         }
     }
+
+    /// What a cost series' key adds for this setting.
+    fn key_suffix(self) -> &'static str {
+        match self {
+            Idle::Allowed => "",
+            Idle::Kept => "_no_idle",
+        }
+    }
 }
 
 /// What a program-cost series measures.
@@ -783,20 +791,12 @@ fn cost_key(what: Cost, n: usize, mode: Mode, s: Scenario, idle: Idle) -> String
         Cost::Floor => "floor_ns_per_packet",
         Cost::AboveFloor => "prog_above_floor_ns_per_packet",
     };
-    let idle = match idle {
-        Idle::Allowed => "",
-        Idle::Kept => "_no_idle",
-    };
-    format!("{prefix}{idle}/{n}/{}/{}", mode.key(), s.key())
+    format!("{prefix}{}/{n}/{}/{}", idle.key_suffix(), mode.key(), s.key())
 }
 
 /// The series of a socket program's cost per call.
 fn sock_cost_key(name: &str, n: usize, mode: Mode, s: Scenario, idle: Idle) -> String {
-    let idle = match idle {
-        Idle::Allowed => "",
-        Idle::Kept => "_no_idle",
-    };
-    format!("sock_ns_per_call{idle}/{name}/{n}/{}/{}", mode.key(), s.key())
+    format!("sock_ns_per_call{}/{name}/{n}/{}/{}", idle.key_suffix(), mode.key(), s.key())
 }
 
 /// "1 service", "100 services".
