@@ -84,6 +84,14 @@ pub struct BackendAddr {
     pub port: u16,
 }
 
+impl BackendAddr {
+    /// The address and port in network byte order, as the datapath's maps
+    /// hold them.
+    pub fn network_order(&self) -> (u32, u16) {
+        (u32::from(self.addr).to_be(), self.port.to_be())
+    }
+}
+
 impl fmt::Display for BackendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.addr, self.port)

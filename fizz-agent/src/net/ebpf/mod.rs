@@ -468,11 +468,8 @@ impl Datapath {
         let mut ids = self.ids.clone();
         let plan = service::plan_service(spec, self.installed.get(&fe), &mut ids)?;
 
-        // A removed backend's id is freed before its slot is (see
-        // `fill_backend_refs`): sockets' picks of it are refused from here on.
-        for (_, bid) in &plan.removed {
-            self.maps.backend_refs.set(*bid, &BackendRef::default())?;
-        }
+        // A removed backend's id is freed before its slot is.
+        self.free_backend_refs(plan.removed.iter().map(|(_, bid)| *bid))?;
         for bid in &plan.new_backend_ids {
             self.maps.backend_stats.reset(*bid)?;
             self.maps.sock_connects.reset(*bid)?;
@@ -481,10 +478,9 @@ impl Datapath {
             self.maps.backend_refs.set(*bid, &backend_ref(plan.id, b))?;
         }
         for (slot, b, bid) in &plan.slots {
-            self.maps.backends.set(
-                &BackendKey { svc_id: plan.id, slot: *slot },
-                &Backend { addr_be: u32::from(b.addr).to_be(), port_be: b.port.to_be(), _pad: 0, id: *bid },
-            )?;
+            let (addr_be, port_be) = b.network_order();
+            let value = Backend { addr_be, port_be, _pad: 0, id: *bid };
+            self.maps.backends.set(&BackendKey { svc_id: plan.id, slot: *slot }, &value)?;
         }
         let key = svc_key(&fe);
         self.maps.services.set(&key, &SvcValue { id: plan.id, count: plan.slots.len() as u32, net_mask })?;
@@ -510,9 +506,7 @@ impl Datapath {
         let Some(inst) = self.installed.get(fe).cloned() else {
             return Ok(());
         };
-        for (_, bid) in &inst.backends {
-            self.maps.backend_refs.set(*bid, &BackendRef::default())?;
-        }
+        self.free_backend_refs(inst.backends.iter().map(|(_, bid)| *bid))?;
         self.maps.services.remove(&svc_key(fe))?;
         for slot in 0..inst.backends.len() as u32 {
             self.maps.backends.remove(&BackendKey { svc_id: inst.id, slot })?;
@@ -522,6 +516,16 @@ impl Datapath {
         self.purge_backends(inst.id, &all)?;
         service::release(&inst, &mut self.ids);
         self.installed.remove(fe);
+        Ok(())
+    }
+
+    /// Clears the `BACKEND_REFS` entries of backend ids about to lose their
+    /// slots (see `fill_backend_refs`): sockets' picks of them are refused
+    /// from here on.
+    fn free_backend_refs(&mut self, ids: impl Iterator<Item = u32>) -> Result<(), Error> {
+        for bid in ids {
+            self.maps.backend_refs.set(bid, &BackendRef::default())?;
+        }
         Ok(())
     }
 
@@ -655,7 +659,8 @@ fn fill_backend_refs(maps: &mut Maps, installed: &BTreeMap<Frontend, Installed>)
 
 /// The `BACKEND_REFS` entry of backend `b` of service `svc_id`.
 fn backend_ref(svc_id: u32, b: &BackendAddr) -> BackendRef {
-    BackendRef { svc_id, addr_be: u32::from(b.addr).to_be(), port_be: b.port.to_be(), _pad: 0 }
+    let (addr_be, port_be) = b.network_order();
+    BackendRef { svc_id, addr_be, port_be, _pad: 0 }
 }
 
 /// Where the maps of the current layout are pinned under a pin directory.
