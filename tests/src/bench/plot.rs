@@ -8,10 +8,11 @@ use std::{path::Path, process::Command};
 use anyhow::{bail, Context as _, Result};
 
 /// One group of bars: a VIP path and its ratio per metric (conn, rr,
-/// stream, UDP rr).
+/// stream, UDP rr), each with its 95% interval when it has one.
 pub struct Bars {
     pub label: String,
     pub ratios: [f64; 4],
+    pub intervals: [Option<[f64; 2]>; 4],
 }
 
 /// One point of the scale lines: services loaded, Fizz's ratio, iptables'.
@@ -28,11 +29,19 @@ pub fn draw(dir: &Path, stem: &str, bars: &[Bars], scale: &[ScalePoint]) -> Resu
     let script = dir.join(format!("{stem}.gp"));
     let png = dir.join(format!("{stem}.png"));
 
-    let mut data = String::from("# path, ratio to direct: conn_rate rr stream udp_rr\n");
+    let mut data =
+        String::from("# path, ratio to direct and its 95% interval (low, high): conn_rate rr stream udp_rr\n");
     for b in bars {
-        // A missing ratio is plotted as no bar.
-        let r = b.ratios.map(|r| if r.is_finite() { format!("{r:.4}") } else { "NaN".into() });
-        data += &format!("\"{}\" {} {} {} {}\n", b.label, r[0], r[1], r[2], r[3]);
+        data += &format!("\"{}\"", b.label);
+        for (r, i) in b.ratios.iter().zip(&b.intervals) {
+            // A missing ratio is plotted as no bar, a missing interval as
+            // none around its bar.
+            let [lo, hi] = i.unwrap_or([*r, *r]);
+            for v in [*r, lo, hi] {
+                data += &if v.is_finite() { format!(" {v:.4}") } else { " NaN".into() };
+            }
+        }
+        data += "\n";
     }
     data += "\n\n# services, conn_rate ratio to direct: fizz_vip_nat iptables_vip\n";
     for p in scale {
@@ -44,19 +53,19 @@ pub fn draw(dir: &Path, stem: &str, bars: &[Bars], scale: &[ScalePoint]) -> Resu
         r#"set terminal pngcairo size 1300,520 font "sans,10"
 set output '{png}'
 set multiplot layout 1,2 title "Service VIPs relative to the direct path on the same node (median of rounds)"
-set title "VIP paths: ratio to direct"
+set title "VIP paths: ratio to direct (whiskers: 95% interval)"
 set style data histogram
-set style histogram clustered gap 1
+set style histogram errorbars gap 1 lw 1
 set style fill solid 0.8 border -1
 set boxwidth 0.9
 set yrange [0:*]
 set ylabel "ratio to direct"
 set grid ytics
 set key top right
-plot '{dat}' index 0 using 2:xtic(1) title 'connection rate', \
-     '' index 0 using 3 title 'request/response', \
-     '' index 0 using 4 title 'stream', \
-     '' index 0 using 5 title 'UDP request/response', \
+plot '{dat}' index 0 using 2:3:4:xtic(1) title 'connection rate', \
+     '' index 0 using 5:6:7 title 'request/response', \
+     '' index 0 using 8:9:10 title 'stream', \
+     '' index 0 using 11:12:13 title 'UDP request/response', \
      1 with lines dashtype 2 lc rgb 'black' notitle
 set title "Connection rate vs services loaded"
 set style data linespoints
@@ -112,4 +121,43 @@ fn gnuplot(dir: &Path, script: &Path) -> Result<()> {
         bail!("gnuplot failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vip_picture_draws_bars_with_and_without_whiskers() {
+        let dir = std::env::temp_dir().join(fizz_tests::unique("Plot"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _cleanup = scopeguard(&dir);
+        let bars = [
+            Bars { label: "with".into(), ratios: [0.9, 1.0, 0.95, 1.1], intervals: [Some([0.85, 0.97]); 4] },
+            Bars { label: "without".into(), ratios: [0.4, f64::NAN, 0.5, 0.6], intervals: [None; 4] },
+        ];
+        let scale = [ScalePoint { services: 1, fizz: 0.95, iptables: 0.9 }];
+        let png = match draw(&dir, "vip", &bars, &scale) {
+            Err(e) if e.to_string().contains("not installed") => {
+                eprintln!("skipping: {e}");
+                return;
+            }
+            r => r.unwrap(),
+        };
+        assert!(std::fs::metadata(&png).unwrap().len() > 0);
+        let data = std::fs::read_to_string(dir.join("vip.dat")).unwrap();
+        assert!(data.contains("\"with\" 0.9000 0.8500 0.9700 1.0000 0.8500 0.9700"), "{data}");
+        assert!(data.contains("\"without\" 0.4000 0.4000 0.4000 NaN NaN NaN 0.5000"), "{data}");
+    }
+
+    /// Removes `dir` when dropped.
+    fn scopeguard(dir: &Path) -> impl Drop + '_ {
+        struct Rm<'a>(&'a Path);
+        impl Drop for Rm<'_> {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(self.0);
+            }
+        }
+        Rm(dir)
+    }
 }

@@ -468,8 +468,10 @@ impl Bench {
             let cells: Vec<String> = paths
                 .iter()
                 .filter_map(|&s| {
-                    let r = self.results.entry(&key(s), s.direct().map(key).as_deref())?.ratio_to_direct?;
-                    Some(format!("{} {r:.3} {}", s.label(), verdict(r >= min)))
+                    let e = self.results.entry(&key(s), s.direct().map(key).as_deref())?;
+                    let r = e.ratio_to_direct?;
+                    let interval = e.ratio_interval.map_or(String::new(), |[lo, hi]| format!(" [{lo:.3}-{hi:.3}]"));
+                    Some(format!("{} {r:.3}{interval} {}", s.label(), verdict(r >= min)))
                 })
                 .collect();
             if !cells.is_empty() {
@@ -634,7 +636,9 @@ impl Bench {
              node's; iptables, proxy: the kernel node's). The rows \"vs direct (kernel node)\" compare the Fizz \
              node's paths with the kernel node's direct path, measured in the same pass but not right after: two \
              simulated nodes, so they show the datapaths and whatever else differs between the nodes (their \
-             conntrack, say)."
+             conntrack, say). The ratio's 95% interval: the k-th smallest and k-th largest of those per-pass \
+             ratios, which hold the true median with at least 95% confidence when the passes vary independently; \
+             a target inside it is neither clearly met nor clearly missed by this run."
         );
         println!();
         print!("{}", report::table(&sections));
@@ -698,22 +702,20 @@ impl Bench {
         let lines: Vec<Line> = sections.into_iter().flatten().collect();
         let json = out_dir.join(format!("{name}.json"));
         report::write_json(&json, &lines)?;
-        println!("\nTargets:");
+        println!("\nTargets (in brackets: the ratio's 95% interval):");
         for t in self.targets() {
             println!("  {t}");
         }
         println!("\nwrote {}", display(&json));
         let bars: Vec<plot::Bars> = [Scenario::FizzVip, Scenario::FizzVipNat, Scenario::IptablesVip, Scenario::Proxy]
             .into_iter()
-            .map(|s| plot::Bars {
-                label: s.label().to_string(),
-                ratios: Mode::ALL.map(|m| {
-                    lines
-                        .iter()
-                        .find(|l| l.key == format!("{}/{}", m.key(), s.key()))
-                        .and_then(|l| l.entry.ratio_to_direct)
-                        .unwrap_or(f64::NAN)
-                }),
+            .map(|s| {
+                let entry = |m: Mode| lines.iter().find(|l| l.key == format!("{}/{}", m.key(), s.key())).map(|l| &l.entry);
+                plot::Bars {
+                    label: s.label().to_string(),
+                    ratios: Mode::ALL.map(|m| entry(m).and_then(|e| e.ratio_to_direct).unwrap_or(f64::NAN)),
+                    intervals: Mode::ALL.map(|m| entry(m).and_then(|e| e.ratio_interval)),
+                }
             })
             .collect();
         if points.is_empty() {
