@@ -581,11 +581,10 @@ impl Bench {
                 });
             }
         }
-        let points: Vec<plot::ScalePoint> = match (self.scale_ratios(Scenario::FizzVipNat), self.scale_ratios(Scenario::IptablesVip)) {
-            (Some(fizz), Some(iptables)) => SCALES
-                .iter()
-                .zip(fizz.iter().zip(&iptables))
-                .map(|(&services, (&fizz, &iptables))| plot::ScalePoint { services, fizz, iptables })
+        let ratios = [Scenario::FizzVip, Scenario::FizzVipNat, Scenario::IptablesVip].map(|s| self.scale_ratios(s));
+        let points: Vec<plot::ScalePoint> = match ratios {
+            [Some(socket), Some(nat), Some(iptables)] => (0..SCALES.len())
+                .map(|i| plot::ScalePoint { services: SCALES[i], socket: socket[i], nat: nat[i], iptables: iptables[i] })
                 .collect(),
             _ => Vec::new(),
         };
