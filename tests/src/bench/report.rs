@@ -48,8 +48,7 @@ impl Results {
 /// each side (the count of values below the true median is binomial,
 /// n and ½). None for fewer than 6 values, which cannot give one.
 pub fn median_interval(values: &[f64]) -> Option<[f64; 2]> {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    v.sort_by(f64::total_cmp);
+    let v = sorted_finite(values);
     let n = v.len();
     // P(exactly i of n below the median), from i = 0 up.
     let mut p = 0.5f64.powi(i32::try_from(n).ok()?);
@@ -64,13 +63,19 @@ pub fn median_interval(values: &[f64]) -> Option<[f64; 2]> {
 
 /// The median; the mean of the middle two for an even count.
 pub fn median(values: &[f64]) -> Option<f64> {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
+    let v = sorted_finite(values);
+    let n = v.len();
+    if n == 0 {
         return None;
     }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
     Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+/// The numbers among `values` (no NaN or infinity), in ascending order.
+fn sorted_finite(values: &[f64]) -> Vec<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    v
 }
 
 /// The value below which a fraction `q` of `sorted` lies (nearest rank); NaN when empty.
