@@ -60,10 +60,10 @@ set style data histogram
 set style histogram errorbars gap 1 lw 1
 set style fill solid 0.8 border -1
 set boxwidth 0.9
-set yrange [0:1.3]
+set yrange [0:*]
 set ylabel "ratio to direct"
 set grid ytics
-set key top center horizontal
+set key below horizontal
 set xtics rotate by -12 noenhanced
 plot '{dat}' index 0 using 2:3:4:xtic(1) title 'connection rate', \
      '' index 0 using 5:6:7 title 'request/response', \
@@ -72,13 +72,12 @@ plot '{dat}' index 0 using 2:3:4:xtic(1) title 'connection rate', \
      1 with lines dashtype 2 lc rgb 'black' notitle
 set title "Connection rate vs services loaded"
 set style data linespoints
-set yrange [0:*]
 set xtics norotate auto
 set logscale x
 set xrange [0.7:*]
 set xlabel "services loaded"
 set ylabel "connection rate: ratio to direct"
-set key bottom left
+set key inside bottom left vertical
 plot '{dat}' index 1 using 1:2 with linespoints lw 2 pt 9 title 'Fizz VIP (at the socket)', \
      '' index 1 using 1:3 with linespoints lw 2 pt 7 title 'Fizz VIP (NAT per packet)', \
      '' index 1 using 1:4 with linespoints lw 2 pt 5 title 'iptables DNAT (measured rule last)'
@@ -131,18 +130,18 @@ fn gnuplot(dir: &Path, script: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use super::super::host::WorkDir;
 
     #[test]
     fn the_vip_picture_draws_bars_with_and_without_whiskers() {
-        let dir = std::env::temp_dir().join(fizz_tests::unique("Plot"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let _cleanup = scopeguard(&dir);
+        let work = WorkDir::new(&fizz_tests::unique("Plot")).unwrap();
+        let dir = work.0.as_path();
         let bars = [
             Bars { label: "with".into(), ratios: [0.9, 1.0, 0.95, 1.1], intervals: [Some([0.85, 0.97]); 4] },
             Bars { label: "without".into(), ratios: [0.4, f64::NAN, 0.5, 0.6], intervals: [None; 4] },
         ];
         let scale = [ScalePoint { services: 1, socket: 0.97, nat: 0.95, iptables: 0.9 }];
-        let png = match draw(&dir, "vip", &bars, &scale) {
+        let png = match draw(dir, "vip", &bars, &scale) {
             Err(e) if e.to_string().contains("not installed") => {
                 eprintln!("skipping: {e}");
                 return;
@@ -150,19 +149,8 @@ mod tests {
             r => r.unwrap(),
         };
         assert!(std::fs::metadata(&png).unwrap().len() > 0);
-        let data = std::fs::read_to_string(dir.join("vip.dat")).unwrap();
+        let data = std::fs::read_to_string(work.join("vip.dat")).unwrap();
         assert!(data.contains("\"with\" 0.9000 0.8500 0.9700 1.0000 0.8500 0.9700"), "{data}");
         assert!(data.contains("\"without\" 0.4000 0.4000 0.4000 NaN NaN NaN 0.5000"), "{data}");
-    }
-
-    /// Removes `dir` when dropped.
-    fn scopeguard(dir: &Path) -> impl Drop + '_ {
-        struct Rm<'a>(&'a Path);
-        impl Drop for Rm<'_> {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(self.0);
-            }
-        }
-        Rm(dir)
     }
 }
